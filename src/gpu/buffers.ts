@@ -1,0 +1,60 @@
+/** Buffer helpers: storage buffers, small uniform parameter blocks, and readback. */
+
+export const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+
+export function storageBuffer(device: GPUDevice, bytes: number, label: string): GPUBuffer {
+  return device.createBuffer({ label, size: Math.max(16, align4(bytes)), usage: STORAGE });
+}
+
+export function align4(bytes: number): number {
+  return Math.ceil(bytes / 4) * 4;
+}
+
+/** A field of a uniform block: a u32 or an f32, written in declaration order. */
+export type Field = ["u32" | "f32", number];
+
+/** A uniform buffer holding the given fields (padded to 16 bytes), as the kernel's `Params`. */
+export function uniformBuffer(device: GPUDevice, fields: Field[], label: string): GPUBuffer {
+  const words = Math.ceil(fields.length / 4) * 4;
+  const data = new DataView(new ArrayBuffer(words * 4));
+  fields.forEach(([type, value], i) => {
+    if (type === "u32") data.setUint32(i * 4, value, true);
+    else data.setFloat32(i * 4, value, true);
+  });
+  const buffer = device.createBuffer({
+    label,
+    size: data.byteLength,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  device.queue.writeBuffer(buffer, 0, data.buffer);
+  return buffer;
+}
+
+/** Reads `bytes` from `source` at `offset` (one round trip: costs >= 10 ms in Deno 2.9). */
+export async function readBuffer(
+  device: GPUDevice,
+  source: GPUBuffer,
+  bytes: number,
+  offset = 0,
+): Promise<ArrayBuffer> {
+  const staging = device.createBuffer({
+    size: align4(bytes),
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const encoder = device.createCommandEncoder();
+  encoder.copyBufferToBuffer(source, offset, staging, 0, align4(bytes));
+  device.queue.submit([encoder.finish()]);
+  await staging.mapAsync(GPUMapMode.READ);
+  const copy = staging.getMappedRange().slice(0, bytes);
+  staging.unmap();
+  staging.destroy();
+  return copy;
+}
+
+export async function readF32(device: GPUDevice, source: GPUBuffer, count: number, offset = 0) {
+  return new Float32Array(await readBuffer(device, source, count * 4, offset));
+}
+
+export async function readU32(device: GPUDevice, source: GPUBuffer, count: number, offset = 0) {
+  return new Uint32Array(await readBuffer(device, source, count * 4, offset));
+}

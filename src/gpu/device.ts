@@ -1,0 +1,61 @@
+/** The WebGPU adapter and device, opened once per process with the adapter's own limits. */
+import { GpuError } from "../errors.ts";
+
+export interface Gpu {
+  device: GPUDevice;
+  adapterInfo: GPUAdapterInfo;
+  /** True on software adapters such as lavapipe. */
+  isFallback: boolean;
+  features: string[];
+  /** Largest storage-buffer binding: tensors above it are split by rows. */
+  maxBinding: number;
+  maxBufferSize: number;
+}
+
+const NO_ADAPTER = "no WebGPU adapter found: install a GPU driver with Vulkan support, " +
+  "or on a CPU-only machine the software driver lavapipe (apt-get install -y mesa-vulkan-drivers)";
+
+let opened: Promise<Gpu> | undefined;
+
+/** Opens (once) the default adapter's device, requesting its full limits and shader-f16. */
+export function openGpu(): Promise<Gpu> {
+  opened ??= requestGpu();
+  return opened;
+}
+
+async function requestGpu(): Promise<Gpu> {
+  if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
+    throw new GpuError("this Deno has no WebGPU (navigator.gpu is missing)");
+  }
+  if (Deno.env.get("SKIPSPEC_NO_GPU") === "1") throw new GpuError(NO_ADAPTER); // tests simulate a missing adapter
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) throw new GpuError(NO_ADAPTER);
+  const limits = adapter.limits;
+  const requiredFeatures: GPUFeatureName[] = [];
+  for (const f of ["shader-f16", "timestamp-query"] as GPUFeatureName[]) {
+    if (adapter.features.has(f)) requiredFeatures.push(f);
+  }
+  const device = await adapter.requestDevice({
+    requiredFeatures,
+    requiredLimits: {
+      maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
+      maxBufferSize: limits.maxBufferSize,
+      maxStorageBuffersPerShaderStage: limits.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupStorageSize: limits.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: limits.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: limits.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupsPerDimension: limits.maxComputeWorkgroupsPerDimension,
+    },
+  });
+  device.addEventListener("uncapturederror", (e) => {
+    console.error(`skipspec: GPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
+  });
+  return {
+    device,
+    adapterInfo: adapter.info,
+    isFallback: adapter.info.isFallbackAdapter,
+    features: [...adapter.features],
+    maxBinding: limits.maxStorageBufferBindingSize,
+    maxBufferSize: limits.maxBufferSize,
+  };
+}

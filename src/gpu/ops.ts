@@ -1,0 +1,293 @@
+/**
+ * Bound kernels: each op holds its pipeline, parameters and bind group, built once when the model
+ * is built, so encoding a step is only `setPipeline / setBindGroup / dispatch`. Per-step values
+ * (position, token count) live in the GPU `state` buffer that kernels read and the sampler
+ * advances, which lets one recorded sequence of dispatches serve every step.
+ */
+import { type Field, uniformBuffer } from "./buffers.ts";
+import type { Pipelines } from "./shader.ts";
+import type { Defines, KernelName } from "./shader.ts";
+
+export type WeightDType = "F32" | "F16" | "BF16";
+
+/**
+ * A weight matrix (rows, cols) on the GPU, split by rows into chunks that each fit one binding.
+ * For a gated MLP the gate and up matrices are stacked per chunk: [gate rows; up rows].
+ */
+export interface WeightMatrix {
+  dtype: WeightDType;
+  rows: number;
+  cols: number;
+  chunks: { buffer: GPUBuffer; rowStart: number; rows: number }[];
+}
+
+/** `state` buffer layout, shared by every kernel: { pos, n, out_index, pad } as u32. */
+export const STATE_BYTES = 16;
+
+export interface OpContext {
+  device: GPUDevice;
+  pipelines: Pipelines;
+  state: GPUBuffer;
+}
+
+/** Counts dispatches as it records them into one compute pass. */
+export class Recorder {
+  dispatches = 0;
+  constructor(readonly pass: GPUComputePassEncoder) {}
+  dispatch(pipeline: GPUComputePipeline, bindGroup: GPUBindGroup, x: number, y = 1, z = 1) {
+    this.pass.setPipeline(pipeline);
+    this.pass.setBindGroup(0, bindGroup);
+    this.pass.dispatchWorkgroups(x, y, z);
+    this.dispatches++;
+  }
+}
+
+/** An op recorded for a forward over `n` tokens. */
+export interface Op {
+  record(rec: Recorder, n: number): void;
+}
+
+/** One bind group per pipeline variant, made on first use. */
+class Bound {
+  #groups = new Map<GPUComputePipeline, GPUBindGroup>();
+  constructor(private ctx: OpContext, private kernel: KernelName, private resources: GPUBuffer[]) {}
+  get(defines: Defines): [GPUComputePipeline, GPUBindGroup] {
+    const pipeline = this.ctx.pipelines.get(this.kernel, defines);
+    let group = this.#groups.get(pipeline);
+    if (!group) {
+      group = this.ctx.device.createBindGroup({
+        layout: pipeline.getBindGroupLayout(0),
+        entries: this.resources.map((buffer, binding) => ({ binding, resource: { buffer } })),
+      });
+      this.#groups.set(pipeline, group);
+    }
+    return [pipeline, group];
+  }
+}
+
+function dtypeDefine(dtype: WeightDType): Defines {
+  return { [`DTYPE_${dtype}`]: true };
+}
+
+const MAX_GROUPS_X = 65535;
+
+/** h[t] = table[ids[t]] * scale, for t < n. */
+export function embedOp(
+  ctx: OpContext,
+  a: { table: WeightMatrix; ids: GPUBuffer; h: GPUBuffer; scale: number },
+): Op {
+  const parts = a.table.chunks.map((chunk) => {
+    const params = uniformBuffer(ctx.device, [
+      ["u32", a.table.cols],
+      ["u32", chunk.rowStart],
+      ["u32", chunk.rows],
+      ["f32", a.scale],
+    ], "embed");
+    return new Bound(ctx, "embed", [params, a.ids, chunk.buffer, a.h]).get(
+      dtypeDefine(a.table.dtype),
+    );
+  });
+  return { record: (rec, n) => parts.forEach(([p, g]) => rec.dispatch(p, g, n)) };
+}
+
+export type Epilogue = "store" | "add" | "glu-silu" | "glu-gelu";
+
+export interface MatmulArgs {
+  w: WeightMatrix;
+  /** (n, xStride) input rows. */
+  x: GPUBuffer;
+  xStride: number;
+  /** (n, yStride) output rows; a chunk writes columns [rowStart, rowStart + rows). */
+  y: GPUBuffer;
+  yStride: number;
+  epilogue: Epilogue;
+  /** Fused RMSNorm of the input: f32 gain (Gemma's 1 + w already added) and epsilon. */
+  norm?: { gain: GPUBuffer; eps: number };
+  softcap?: number;
+  /** Only the last token's row of x, written to row 0 of y (prefill logits). */
+  lastOnly?: boolean;
+}
+
+/** y = epilogue(W · x'), x' = x or rmsnorm(x) * gain. See kernels/matmul.wgsl. */
+export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
+  const epilogue = {
+    "store": { EPILOGUE_STORE: true },
+    "add": { EPILOGUE_ADD: true },
+    "glu-silu": { EPILOGUE_GLU: true, ACT_SILU: true },
+    "glu-gelu": { EPILOGUE_GLU: true, ACT_GELU_TANH: true },
+  }[a.epilogue] as Defines;
+  const base: Defines = { ...dtypeDefine(a.w.dtype), ...epilogue, NORM: a.norm !== undefined };
+  const parts = a.w.chunks.map((chunk) => {
+    const fields: Field[] = [
+      ["u32", chunk.rows],
+      ["u32", a.w.cols],
+      ["u32", a.xStride],
+      ["u32", a.yStride],
+      ["u32", chunk.rowStart],
+      ["u32", a.lastOnly ? 1 : 0],
+      ["f32", a.norm?.eps ?? 0],
+      ["f32", a.softcap ?? 0],
+    ];
+    const resources = [
+      uniformBuffer(ctx.device, fields, "matmul"),
+      ctx.state,
+      chunk.buffer,
+      a.x,
+      a.y,
+    ];
+    if (a.norm) resources.push(a.norm.gain);
+    return { rows: chunk.rows, bound: new Bound(ctx, "matmul", resources) };
+  });
+  return {
+    record(rec, n) {
+      const tokens = a.lastOnly ? 1 : n;
+      const perGroup = tokens === 1 ? 1 : 8;
+      for (const part of parts) {
+        const [pipeline, group] = part.bound.get({ ...base, TOKENS: perGroup });
+        const x = Math.min(part.rows, MAX_GROUPS_X);
+        rec.dispatch(pipeline, group, x, Math.ceil(part.rows / x), Math.ceil(tokens / perGroup));
+      }
+    },
+  };
+}
+
+export interface AttentionShape {
+  nHeads: number;
+  nKv: number;
+  headDim: number;
+}
+
+/** Rotates q/k of the new tokens and appends k/v to the cache at pos + t. */
+export function ropeKvOp(
+  ctx: OpContext,
+  a: AttentionShape & {
+    ctxLen: number;
+    qkv: GPUBuffer;
+    cosSin: GPUBuffer;
+    q: GPUBuffer;
+    k: GPUBuffer;
+    v: GPUBuffer;
+  },
+): Op {
+  const params = uniformBuffer(ctx.device, [
+    ["u32", a.nHeads],
+    ["u32", a.nKv],
+    ["u32", a.headDim],
+    ["u32", a.ctxLen],
+  ], "rope_kv");
+  const [pipeline, group] = new Bound(ctx, "rope_kv", [
+    params,
+    ctx.state,
+    a.qkv,
+    a.cosSin,
+    a.q,
+    a.k,
+    a.v,
+  ]).get({});
+  return { record: (rec, n) => rec.dispatch(pipeline, group, a.nHeads + a.nKv, n) };
+}
+
+/** Causal (optionally sliding-window, soft-capped) attention of the new tokens over the cache. */
+export function attentionOp(
+  ctx: OpContext,
+  a: AttentionShape & {
+    window: number;
+    scale: number;
+    softcap: number;
+    q: GPUBuffer;
+    k: GPUBuffer;
+    v: GPUBuffer;
+    out: GPUBuffer;
+  },
+): Op {
+  if (a.headDim > 256) throw new Error(`head_dim ${a.headDim} > 256 is not supported`);
+  const params = uniformBuffer(ctx.device, [
+    ["u32", a.nHeads],
+    ["u32", a.nKv],
+    ["u32", a.headDim],
+    ["u32", a.window],
+    ["f32", a.scale],
+    ["f32", a.softcap],
+  ], "attention");
+  const [pipeline, group] = new Bound(ctx, "attention", [
+    params,
+    ctx.state,
+    a.q,
+    a.k,
+    a.v,
+    a.out,
+  ]).get({});
+  return { record: (rec, n) => rec.dispatch(pipeline, group, a.nHeads, n) };
+}
+
+/** h += rmsnorm(delta) * gain (Gemma-2's post-norms), per token. */
+export function addRmsnormOp(
+  ctx: OpContext,
+  a: { width: number; eps: number; delta: GPUBuffer; gain: GPUBuffer; h: GPUBuffer },
+): Op {
+  const params = uniformBuffer(ctx.device, [["u32", a.width], ["f32", a.eps]], "add_rmsnorm");
+  const [pipeline, group] = new Bound(ctx, "add_rmsnorm", [
+    params,
+    ctx.state,
+    a.delta,
+    a.gain,
+    a.h,
+  ]).get({});
+  return { record: (rec, n) => rec.dispatch(pipeline, group, n) };
+}
+
+/** Sampling settings, HF names; temperature 0 is greedy. */
+export interface SamplingParams {
+  temperature: number;
+  topK: number;
+  topP: number;
+  minP: number;
+  repetitionPenalty: number;
+  seed: number;
+}
+
+export const GREEDY: SamplingParams = {
+  temperature: 0,
+  topK: 0,
+  topP: 1,
+  minP: 0,
+  repetitionPenalty: 1,
+  seed: 0,
+};
+
+/** Chooses the next token from `logits[row]`, writes it out and advances `state`. */
+export function sampleOp(
+  ctx: OpContext,
+  a: {
+    vocab: number;
+    logits: GPUBuffer;
+    logitsRow?: number;
+    presence: GPUBuffer;
+    ids: GPUBuffer;
+    outTokens: GPUBuffer;
+    sampling: SamplingParams;
+    markPresence?: boolean;
+  },
+): Op {
+  const s = a.sampling;
+  const params = uniformBuffer(ctx.device, [
+    ["u32", a.vocab],
+    ["u32", a.logitsRow ?? 0],
+    ["u32", s.topK],
+    ["u32", s.seed >>> 0],
+    ["f32", s.temperature],
+    ["f32", s.topP],
+    ["f32", s.minP],
+    ["f32", s.repetitionPenalty],
+    ["u32", a.markPresence === false ? 0 : 1],
+  ], "sample");
+  const [pipeline, group] = new Bound(ctx, "sample", [
+    params,
+    ctx.state,
+    a.logits,
+    a.presence,
+    a.ids,
+    a.outTokens,
+  ]).get({});
+  return { record: (rec) => rec.dispatch(pipeline, group, 1) };
+}

@@ -1,0 +1,186 @@
+/**
+ * Moves tensors from safetensors files to the GPU. Matrices keep their stored dtype (bf16 and f16
+ * are widened in the shaders) and are streamed in pieces, never held whole in JS memory; a matrix
+ * larger than one storage binding is split by rows. Small vectors (norm gains) are widened to f32
+ * here, with Gemma's (1 + w) added once.
+ */
+import { ModelError } from "../errors.ts";
+import { align4, storageBuffer } from "../gpu/buffers.ts";
+import type { WeightMatrix } from "../gpu/ops.ts";
+import { DTYPE_BYTES, readTensorPieces, type TensorInfo } from "./safetensors.ts";
+
+const PIECE_BYTES = 64 << 20;
+
+/** Row ranges of at most `maxBinding` bytes each (`stack` matrices side by side per chunk). */
+export function planChunks(rows: number, rowBytes: number, maxBinding: number, stack = 1) {
+  const perChunk = Math.floor(maxBinding / (rowBytes * stack));
+  if (perChunk < 1) {
+    throw new ModelError(`a weight row of ${rowBytes} bytes exceeds the GPU's binding limit`);
+  }
+  const chunks: { rowStart: number; rows: number }[] = [];
+  for (let start = 0; start < rows; start += perChunk) {
+    chunks.push({ rowStart: start, rows: Math.min(perChunk, rows - start) });
+  }
+  return chunks;
+}
+
+/** An empty matrix of `rows` output rows; with stack 2 each chunk holds [part 0 rows; part 1 rows]. */
+export function createMatrix(
+  device: GPUDevice,
+  dtype: WeightMatrix["dtype"],
+  rows: number,
+  cols: number,
+  maxBinding: number,
+  label: string,
+  stack = 1,
+): WeightMatrix {
+  const rowBytes = cols * DTYPE_BYTES[dtype];
+  if (rowBytes % 4 !== 0) {
+    throw new ModelError(`${label}: ${dtype} matrices need an even column count (got ${cols})`);
+  }
+  const chunks = planChunks(rows, rowBytes, maxBinding, stack).map((c) => ({
+    ...c,
+    buffer: storageBuffer(device, c.rows * rowBytes * stack, `${label}[${c.rowStart}]`),
+  }));
+  return { dtype, rows, cols, chunks };
+}
+
+/** Writes whole rows [firstRow, firstRow + bytes / rowBytes) of stacked part `part`. */
+export function writeMatrixRows(
+  device: GPUDevice,
+  m: WeightMatrix,
+  firstRow: number,
+  bytes: Uint8Array<ArrayBuffer>,
+  part = 0,
+) {
+  const rowBytes = m.cols * DTYPE_BYTES[m.dtype];
+  const count = bytes.byteLength / rowBytes;
+  for (const chunk of m.chunks) {
+    const from = Math.max(firstRow, chunk.rowStart);
+    const to = Math.min(firstRow + count, chunk.rowStart + chunk.rows);
+    if (from >= to) continue;
+    const dst = (part * chunk.rows + from - chunk.rowStart) * rowBytes;
+    device.queue.writeBuffer(
+      chunk.buffer,
+      dst,
+      bytes.buffer,
+      bytes.byteOffset + (from - firstRow) * rowBytes,
+      (to - from) * rowBytes,
+    );
+  }
+}
+
+/** Loads named tensors of one model onto the GPU, reporting bytes as they arrive. */
+export class WeightLoader {
+  bytesLoaded = 0;
+  constructor(
+    private device: GPUDevice,
+    private tensors: Map<string, TensorInfo>,
+    private maxBinding: number,
+    private onProgress: (bytes: number) => void = () => {},
+  ) {}
+
+  has(name: string): boolean {
+    return this.tensors.has(name);
+  }
+
+  info(name: string, shape: number[]): TensorInfo {
+    const t = this.tensors.get(name);
+    if (!t) throw new ModelError(`missing tensor "${name}" in model.safetensors`);
+    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+      throw new ModelError(
+        `tensor "${name}" has shape [${t.shape}], expected [${shape}] from config.json`,
+      );
+    }
+    return t;
+  }
+
+  /**
+   * One matrix from tensors stacked by rows (e.g. q, k and v projections), each (rows_i, cols);
+   * with `glu`, exactly two tensors (gate, up) stacked per chunk for the fused GLU epilogue.
+   */
+  async matrix(names: [string, number][], cols: number, glu = false): Promise<WeightMatrix> {
+    const infos = names.map(([name, rows]) => this.info(name, [rows, cols]));
+    const dtype = infos[0].dtype;
+    const mixed = infos.find((t) => t.dtype !== dtype);
+    if (mixed) {
+      throw new ModelError(`tensor "${mixed.name}" is ${mixed.dtype}, its siblings ${dtype}`);
+    }
+    const totalRows = glu ? names[0][1] : names.reduce((sum, [, rows]) => sum + rows, 0);
+    const m = createMatrix(
+      this.device,
+      dtype,
+      totalRows,
+      cols,
+      this.maxBinding,
+      names[0][0],
+      glu ? 2 : 1,
+    );
+    const rowBytes = cols * DTYPE_BYTES[dtype];
+    let rowBase = 0;
+    for (const [i, info] of infos.entries()) {
+      const part = glu ? i : 0;
+      const pieceBytes = Math.max(1, Math.floor(PIECE_BYTES / rowBytes)) * rowBytes;
+      await readTensorPieces(info, (bytes, offset) => {
+        writeMatrixRows(this.device, m, rowBase + offset / rowBytes, bytes, part);
+        this.progress(bytes.byteLength);
+      }, pieceBytes);
+      if (!glu) rowBase += names[i][1];
+    }
+    return m;
+  }
+
+  /** A small tensor widened to f32 (e.g. a norm gain, plus `add` for Gemma's 1 + w). */
+  async vectorF32(name: string, length: number, add = 0): Promise<Float32Array<ArrayBuffer>> {
+    const info = this.info(name, [length]);
+    const out = new Float32Array(length);
+    await readTensorPieces(info, (bytes, offset) => {
+      const values = toF32(info.dtype, bytes);
+      out.set(values, offset / DTYPE_BYTES[info.dtype]);
+      this.progress(bytes.byteLength);
+    });
+    if (add !== 0) { for (let i = 0; i < length; i++) out[i] = Math.fround(out[i] + add); }
+    return out;
+  }
+
+  async vector(name: string, length: number, add = 0): Promise<GPUBuffer> {
+    const values = await this.vectorF32(name, length, add);
+    const buffer = storageBuffer(this.device, align4(values.byteLength), name);
+    this.device.queue.writeBuffer(buffer, 0, values);
+    return buffer;
+  }
+
+  private progress(bytes: number) {
+    this.bytesLoaded += bytes;
+    this.onProgress(this.bytesLoaded);
+  }
+}
+
+/** Widens stored values to f32 (exactly: bf16 is an f32's top half; f16 is a subset of f32). */
+export function toF32(dtype: WeightMatrix["dtype"], bytes: Uint8Array): Float32Array<ArrayBuffer> {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const n = bytes.byteLength / DTYPE_BYTES[dtype];
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    if (dtype === "F32") out[i] = view.getFloat32(i * 4, true);
+    else if (dtype === "BF16") out[i] = bf16ToF32(view.getUint16(i * 2, true));
+    else out[i] = f16ToF32(view.getUint16(i * 2, true));
+  }
+  return out;
+}
+
+const widen = new DataView(new ArrayBuffer(4));
+
+export function bf16ToF32(bits: number): number {
+  widen.setUint32(0, bits << 16);
+  return widen.getFloat32(0);
+}
+
+export function f16ToF32(bits: number): number {
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exponent = (bits >> 10) & 0x1f;
+  const fraction = bits & 0x3ff;
+  if (exponent === 0) return sign * fraction * 2 ** -24;
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+}
