@@ -4,7 +4,7 @@
 #include "weight_dtype.wgsl"
 
 struct Params {
-  hidden: u32,      // C
+  hidden: u32,      // C, a multiple of 8
   row_start: u32,   // first vocabulary row held by this chunk
   rows: u32,        // rows in this chunk
   scale: f32,       // 1 for Llama, sqrt(hidden) for Gemma-2
@@ -22,9 +22,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (id < params.row_start || id >= params.row_start + params.rows) {
     return;
   }
-  let base = (id - params.row_start) * params.hidden;
-  for (var c = lid.x; c < params.hidden; c += 64u) {
-    let i = base + c;
-    h[t * params.hidden + c] = decode_weight(table[i / WEIGHTS_PER_WORD], i % WEIGHTS_PER_WORD) * params.scale;
+  let blocks = params.hidden / 8u;
+  for (var block = lid.x; block < blocks; block += 64u) {
+    let i = ((id - params.row_start) * blocks + block) * WORDS_PER_BLOCK;
+    let v = decode_block(array<WeightWord, 2>(table[i], table[i + WORDS_PER_BLOCK - 1u]));
+    let out = t * params.hidden + 8u * block;
+    for (var k = 0u; k < 4u; k++) {
+      h[out + k] = v[0][k] * params.scale;
+      h[out + 4u + k] = v[1][k] * params.scale;
+    }
   }
 }

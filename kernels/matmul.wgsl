@@ -1,6 +1,7 @@
 // y[t, r] = epilogue(sum_c W[r, c] * x'[t, c]) for the n tokens of this forward: the matrix-vector
 // product of decoding (TOKENS = 1) and the small-N product of prefill and verification
-// (TOKENS = 8): each workgroup reads its weight row once for TOKENS tokens.
+// (TOKENS = 8): each invocation owns one output row and reads it once for TOKENS tokens. No
+// workgroup barriers: on lavapipe a workgroup's barriers and count dominate these small products.
 //
 // Variants (defines):
 //   DTYPE_*         weight storage (weight_dtype.wgsl)
@@ -16,7 +17,7 @@ const WG: u32 = 64u;
 
 struct Params {
   rows: u32,        // output rows held by this weight chunk
-  cols: u32,        // C, the input width
+  cols: u32,        // C, the input width, a multiple of 8
   x_stride: u32,    // floats between token rows of x
   y_stride: u32,    // floats between token rows of y
   row_offset: u32,  // first output column this chunk writes
@@ -30,22 +31,20 @@ struct State { pos: u32, n: u32, out_index: u32, pad: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> state: State;
 @group(0) @binding(2) var<storage, read> w: array<WeightWord>;   // (rows, C), or (2 rows, C) for GLU
-@group(0) @binding(3) var<storage, read> x: array<f32>;          // (n, x_stride)
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;    // (n, x_stride), x_stride % 4 == 0
 #if EPILOGUE_ADD
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;    // (n, y_stride), accumulated into
 #else
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;    // (n, y_stride)
 #endif
 #if NORM
-@group(0) @binding(5) var<storage, read> gain: array<f32>;       // (C)
+@group(0) @binding(5) var<storage, read> gain: array<vec4<f32>>; // (C)
 #endif
 
-var<workgroup> partial_a: array<f32, WG * TOKENS>;
-var<workgroup> partial_b: array<f32, WG * TOKENS>;
-var<workgroup> partial_ss: array<f32, WG * TOKENS>;
-
-fn weight(i: u32) -> f32 {
-  return decode_weight(w[i / WEIGHTS_PER_WORD], i % WEIGHTS_PER_WORD);
+// The 8 weights of row `row`, columns [8 block, 8 block + 8).
+fn weight_block(row: u32, block: u32) -> array<vec4<f32>, 2> {
+  let i = (row * (params.cols / 8u) + block) * WORDS_PER_BLOCK;
+  return decode_block(array<WeightWord, 2>(w[i], w[i + WORDS_PER_BLOCK - 1u]));
 }
 
 fn activation(g: f32) -> f32 {
@@ -60,87 +59,68 @@ fn activation(g: f32) -> f32 {
 }
 
 @compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
-        @builtin(local_invocation_id) lid: vec3<u32>) {
-  let r = wid.x + wid.y * groups.x;      // output row within this chunk
-  let t0 = wid.z * TOKENS;               // first token of this block
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+  let r = gid.x + gid.y * groups.x * WG;  // output row within this chunk
+  let t0 = gid.z * TOKENS;                // first token of this block
   let cols = params.cols;
   var n = state.n;
-  var x_first = 0u;                      // token row of x that token 0 reads
+  var x_first = 0u;                       // token row of x that token 0 reads
   if (params.last_only == 1u) {
     x_first = n - 1u;
     n = 1u;
   }
-  let in_range = r < params.rows;
-
+  if (r >= params.rows || t0 >= n) {
+    return;
+  }
+  let tokens = min(TOKENS, n - t0);
   var acc_a: array<f32, TOKENS>;
   var acc_b: array<f32, TOKENS>;
   var ss: array<f32, TOKENS>;
-  if (in_range) {
-    let row_a = r * cols;
-    let row_b = (r + params.rows) * cols;  // the up row, for GLU
-    for (var c = lid.x; c < cols; c += WG) {
-      let wa = weight(row_a + c);
+  for (var block = 0u; block < cols / 8u; block++) {
+    let wa = weight_block(r, block);
 #if EPILOGUE_GLU
-      let wb = weight(row_b + c);
+    let wb = weight_block(r + params.rows, block);  // the up row
 #endif
 #if NORM
-      let g = gain[c];
+    let g = array<vec4<f32>, 2>(gain[2u * block], gain[2u * block + 1u]);
 #endif
-      for (var t = 0u; t < TOKENS; t++) {
-        if (t0 + t < n) {
-          let xv = x[(x_first + t0 + t) * params.x_stride + c];
+    for (var t = 0u; t < TOKENS; t++) {
+      if (t < tokens) {
+        let xi = ((x_first + t0 + t) * params.x_stride) / 4u + 2u * block;
+        for (var part = 0u; part < 2u; part++) {
+          let xv = x[xi + part];
 #if NORM
-          ss[t] += xv * xv;
-          let xn = xv * g;
+          ss[t] += dot(xv, xv);
+          let xn = xv * g[part];
 #else
           let xn = xv;
 #endif
-          acc_a[t] += wa * xn;
+          acc_a[t] += dot(wa[part], xn);
 #if EPILOGUE_GLU
-          acc_b[t] += wb * xn;
+          acc_b[t] += dot(wb[part], xn);
 #endif
         }
       }
     }
   }
-  for (var t = 0u; t < TOKENS; t++) {
-    partial_a[t * WG + lid.x] = acc_a[t];
-    partial_b[t * WG + lid.x] = acc_b[t];
-    partial_ss[t * WG + lid.x] = ss[t];
-  }
-  workgroupBarrier();
-  for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-    if (lid.x < stride) {
-      for (var t = 0u; t < TOKENS; t++) {
-        let i = t * WG + lid.x;
-        partial_a[i] += partial_a[i + stride];
-        partial_b[i] += partial_b[i + stride];
-        partial_ss[i] += partial_ss[i + stride];
-      }
-    }
-    workgroupBarrier();
-  }
-  let t = lid.x;
-  if (!in_range || t >= TOKENS || t0 + t >= n) {
-    return;
-  }
-  var a = partial_a[t * WG];
-  var b = partial_b[t * WG];
+  for (var t = 0u; t < tokens; t++) {
+    var a = acc_a[t];
+    var b = acc_b[t];
 #if NORM
-  let inv_rms = inverseSqrt(partial_ss[t * WG] / f32(cols) + params.eps);
-  a *= inv_rms;
-  b *= inv_rms;
+    let inv_rms = inverseSqrt(ss[t] / f32(cols) + params.eps);
+    a *= inv_rms;
+    b *= inv_rms;
 #endif
-  let out = (t0 + t) * params.y_stride + params.row_offset + r;
+    let out = (t0 + t) * params.y_stride + params.row_offset + r;
 #if EPILOGUE_ADD
-  y[out] += a;
+    y[out] += a;
 #elif EPILOGUE_GLU
-  y[out] = activation(a) * b;
+    y[out] = activation(a) * b;
 #else
-  if (params.softcap > 0.0) {
-    a = tanh(clamp(a / params.softcap, -15.0, 15.0)) * params.softcap;
-  }
-  y[out] = a;
+    if (params.softcap > 0.0) {
+      a = tanh(clamp(a / params.softcap, -15.0, 15.0)) * params.softcap;
+    }
+    y[out] = a;
 #endif
+  }
 }

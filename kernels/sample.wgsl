@@ -157,7 +157,7 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
         let l = processed(i);
         kept += select(0.0, exp(l - m), order_key(l) >= k_key);
       }
-      let target = params.top_p * reduce_sum(kept, lid);
+      let wanted_mass = params.top_p * reduce_sum(kept, lid);
       for (var bit = 31i; bit >= 0i; bit--) {
         let candidate = p_key | (1u << u32(bit));
         let threshold = max(candidate, k_key);
@@ -166,7 +166,7 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
           let l = processed(i);
           mass += select(0.0, exp(l - m), order_key(l) >= threshold);
         }
-        if (reduce_sum(mass, lid) >= target) {
+        if (reduce_sum(mass, lid) >= wanted_mass) {
           p_key = candidate;
         }
       }

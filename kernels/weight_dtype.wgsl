@@ -1,24 +1,32 @@
-// Weight element decoding, included by kernels that read model weights.
-// Half-precision weights stay half on the GPU: two per u32 word, element 2i in the low half.
-// A bf16 is the top 16 bits of an f32, so widening is a shift and a bitcast (exact).
+// Weight decoding, included by kernels that read model weights. Weights are read in blocks of 8
+// consecutive elements (one vec4<u32> of half-precision pairs, or two vec4<f32>), so a matrix's
+// column count must be a multiple of 8 (true of every real model). Half-precision weights stay
+// half on the GPU, element 2i in the low half of word i; a bf16 is the top 16 bits of an f32, so
+// widening is a shift and a bitcast (exact).
 
 #if DTYPE_F32
-alias WeightWord = f32;
-const WEIGHTS_PER_WORD: u32 = 1u;
-fn decode_weight(word: f32, lane: u32) -> f32 {
-  return word;
+alias WeightWord = vec4<f32>;
+const WORDS_PER_BLOCK: u32 = 2u;  // words per 8 elements
+fn decode_block(w: array<WeightWord, 2>) -> array<vec4<f32>, 2> {
+  return array<vec4<f32>, 2>(w[0], w[1]);
 }
 #elif DTYPE_F16
-alias WeightWord = u32;
-const WEIGHTS_PER_WORD: u32 = 2u;
-fn decode_weight(word: u32, lane: u32) -> f32 {
-  let pair = unpack2x16float(word);
-  return select(pair.x, pair.y, lane == 1u);
+alias WeightWord = vec4<u32>;
+const WORDS_PER_BLOCK: u32 = 1u;
+fn decode_block(w: array<WeightWord, 2>) -> array<vec4<f32>, 2> {
+  let q = w[0];
+  return array<vec4<f32>, 2>(
+    vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y)),
+    vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w)),
+  );
 }
 #elif DTYPE_BF16
-alias WeightWord = u32;
-const WEIGHTS_PER_WORD: u32 = 2u;
-fn decode_weight(word: u32, lane: u32) -> f32 {
-  return bitcast<f32>(select(word << 16u, word & 0xffff0000u, lane == 1u));
+alias WeightWord = vec4<u32>;
+const WORDS_PER_BLOCK: u32 = 1u;
+fn decode_block(w: array<WeightWord, 2>) -> array<vec4<f32>, 2> {
+  let q = w[0];
+  let lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
+  let hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
+  return array<vec4<f32>, 2>(lo, hi);
 }
 #endif

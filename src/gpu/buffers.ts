@@ -10,6 +10,8 @@ export function align4(bytes: number): number {
   return Math.ceil(bytes / 4) * 4;
 }
 
+import { throwIfGpuError } from "./device.ts";
+
 /** A field of a uniform block: a u32 or an f32, written in declaration order. */
 export type Field = ["u32" | "f32", number];
 
@@ -48,6 +50,7 @@ export async function readBuffer(
   const copy = staging.getMappedRange().slice(0, bytes);
   staging.unmap();
   staging.destroy();
+  throwIfGpuError();
   return copy;
 }
 

@@ -16,6 +16,18 @@ const NO_ADAPTER = "no WebGPU adapter found: install a GPU driver with Vulkan su
   "or on a CPU-only machine the software driver lavapipe (apt-get install -y mesa-vulkan-drivers)";
 
 let opened: Promise<Gpu> | undefined;
+const gpuErrors: string[] = [];
+
+/**
+ * Throws the first GPU error (invalid shader, validation, out of memory) raised since the last
+ * check. WebGPU reports these asynchronously, so callers check after each readback.
+ */
+export function throwIfGpuError() {
+  if (gpuErrors.length === 0) return;
+  const first = gpuErrors[0].trim().split("\n").map((l) => l.trim()).filter(Boolean).slice(0, 3);
+  gpuErrors.length = 0;
+  throw new GpuError(`GPU error: ${first.join(" ")}`);
+}
 
 /** Opens (once) the default adapter's device, requesting its full limits and shader-f16. */
 export function openGpu(): Promise<Gpu> {
@@ -48,7 +60,7 @@ async function requestGpu(): Promise<Gpu> {
     },
   });
   device.addEventListener("uncapturederror", (e) => {
-    console.error(`skipspec: GPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
+    gpuErrors.push((e as GPUUncapturedErrorEvent).error.message);
   });
   return {
     device,

@@ -70,6 +70,8 @@ function dtypeDefine(dtype: WeightDType): Defines {
 }
 
 const MAX_GROUPS_X = 65535;
+/** matmul.wgsl's workgroup size: one output row per invocation. */
+const MATMUL_ROWS_PER_GROUP = 64;
 
 /** h[t] = table[ids[t]] * scale, for t < n. */
 export function embedOp(
@@ -144,8 +146,9 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
       const perGroup = tokens === 1 ? 1 : 8;
       for (const part of parts) {
         const [pipeline, group] = part.bound.get({ ...base, TOKENS: perGroup });
-        const x = Math.min(part.rows, MAX_GROUPS_X);
-        rec.dispatch(pipeline, group, x, Math.ceil(part.rows / x), Math.ceil(tokens / perGroup));
+        const groups = Math.ceil(part.rows / MATMUL_ROWS_PER_GROUP);
+        const x = Math.min(groups, MAX_GROUPS_X);
+        rec.dispatch(pipeline, group, x, Math.ceil(groups / x), Math.ceil(tokens / perGroup));
       }
     },
   };

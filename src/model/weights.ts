@@ -35,8 +35,11 @@ export function createMatrix(
   stack = 1,
 ): WeightMatrix {
   const rowBytes = cols * DTYPE_BYTES[dtype];
-  if (rowBytes % 4 !== 0) {
-    throw new ModelError(`${label}: ${dtype} matrices need an even column count (got ${cols})`);
+  if (cols % 8 !== 0) {
+    // The kernels read weights in aligned blocks of 8 (kernels/weight_dtype.wgsl).
+    throw new ModelError(
+      `${label}: a column count that is a multiple of 8 is needed (got ${cols})`,
+    );
   }
   const chunks = planChunks(rows, rowBytes, maxBinding, stack).map((c) => ({
     ...c,

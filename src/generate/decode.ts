@@ -1,0 +1,194 @@
+/**
+ * Plain autoregressive decoding with a GPU-resident token loop: the sampler picks each token on
+ * the GPU and feeds it to the next step through the `ids` buffer, so a chunk of steps is recorded
+ * into one command buffer and the chosen tokens come back in one readback per chunk. The next
+ * chunk is submitted before the previous one is read, so the GPU never waits for JS. Tokens
+ * computed past a stop token or the budget are discarded.
+ */
+import { InputError } from "../errors.ts";
+import { storageBuffer } from "../gpu/buffers.ts";
+import { throwIfGpuError } from "../gpu/device.ts";
+import { Recorder, sampleOp, type SamplingParams } from "../gpu/ops.ts";
+import type { Model, SkipSet } from "../model/model.ts";
+
+export interface DecodeOptions {
+  maxNewTokens: number;
+  sampling: SamplingParams;
+  skip: SkipSet;
+  /** Generation ends after any of these (the stop token is kept in `tokens`). */
+  stopTokens: number[];
+  /** Decode steps per command buffer and readback. */
+  chunkSize?: number;
+  /** Called with each batch of newly accepted tokens, in order. */
+  onTokens?: (ids: number[]) => void;
+  /** Checked between chunks; true ends generation early (Ctrl-C). */
+  shouldStop?: () => boolean;
+}
+
+/** One stats record for every generation strategy (JSON-serialisable). */
+export interface GenerationStats {
+  promptTokens: number;
+  generatedTokens: number;
+  /** Prompt processing, including the first token's readback. */
+  prefillMs: number;
+  prefillTokensPerSecond: number;
+  /** Tokens after the first, over the time after the first. */
+  decodeMs: number;
+  decodeTokensPerSecond: number;
+  readbacks: number;
+  readbacksPerToken: number;
+  dispatchesPerToken: number;
+  stopReason: "stop-token" | "max-new-tokens" | "context-full" | "interrupted";
+}
+
+export interface GenerationResult {
+  tokens: number[];
+  stats: GenerationStats;
+}
+
+export const DEFAULT_CHUNK = 16;
+
+export async function decode(
+  model: Model,
+  prompt: number[],
+  opts: DecodeOptions,
+): Promise<GenerationResult> {
+  const { device, cfg, contextLength } = model;
+  if (prompt.length === 0) throw new InputError("the prompt is empty");
+  if (prompt.length >= contextLength) {
+    throw new InputError(
+      `the prompt has ${prompt.length} tokens, but the context holds ${contextLength} ` +
+        `(prompt plus new tokens); shorten the prompt or raise --context`,
+    );
+  }
+  const budget = Math.min(opts.maxNewTokens, contextLength - prompt.length);
+  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
+  const stop = new Set(opts.stopTokens);
+
+  const presence = new Uint32Array(cfg.vocabSize);
+  for (const id of prompt) if (id < cfg.vocabSize) presence[id] = 1;
+  const presenceBuffer = storageBuffer(device, presence.byteLength, "presence");
+  device.queue.writeBuffer(presenceBuffer, 0, presence);
+  const outTokens = storageBuffer(device, (budget + chunkSize) * 4, "out_tokens");
+  const sample = sampleOp(model.ctx, {
+    vocab: cfg.vocabSize,
+    logits: model.act.logits,
+    presence: presenceBuffer,
+    ids: model.act.ids,
+    outTokens,
+    sampling: opts.sampling,
+  });
+
+  let readbacks = 0;
+  const readTokens = async (
+    first: number,
+    count: number,
+    submit: (e: GPUCommandEncoder) => void,
+  ) => {
+    const staging = device.createBuffer({
+      size: count * 4,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    const encoder = device.createCommandEncoder();
+    submit(encoder);
+    encoder.copyBufferToBuffer(outTokens, first * 4, staging, 0, count * 4);
+    device.queue.submit([encoder.finish()]);
+    readbacks++;
+    await staging.mapAsync(GPUMapMode.READ);
+    const ids = [...new Uint32Array(staging.getMappedRange())];
+    staging.unmap();
+    staging.destroy();
+    throwIfGpuError();
+    return ids;
+  };
+
+  // Prefill in chunks of maxBatch; the last chunk's last logits choose the first token.
+  const start = performance.now();
+  const maxBatch = model.act.maxBatch;
+  let firstIds: number[] = [];
+  for (let s = 0; s < prompt.length; s += maxBatch) {
+    const chunk = prompt.slice(s, s + maxBatch);
+    const last = s + maxBatch >= prompt.length;
+    model.writeInput(chunk, s);
+    if (!last) {
+      const encoder = device.createCommandEncoder();
+      const rec = new Recorder(encoder.beginComputePass());
+      model.recordForward(rec, chunk.length, opts.skip, "none");
+      rec.pass.end();
+      device.queue.submit([encoder.finish()]);
+      continue;
+    }
+    firstIds = await readTokens(0, 1, (encoder) => {
+      const rec = new Recorder(encoder.beginComputePass());
+      model.recordForward(rec, chunk.length, opts.skip, "last");
+      sample.record(rec, 1);
+      rec.pass.end();
+    });
+  }
+  const prefillMs = performance.now() - start;
+  const tokens: number[] = [firstIds[0]];
+  opts.onTokens?.(tokens.slice());
+
+  // Decode: chunks of steps, each one readback, the next submitted before the previous is read.
+  let stopReason: GenerationStats["stopReason"] = "max-new-tokens";
+  if (stop.has(tokens[0])) stopReason = "stop-token";
+  let scheduled = 1;
+  let decodeDispatches = 0;
+  const inflight: Promise<number[]>[] = [];
+  const decodeStart = performance.now();
+  const schedule = () => {
+    const steps = Math.min(chunkSize, budget - scheduled);
+    const first = scheduled;
+    scheduled += steps;
+    inflight.push(readTokens(first, steps, (encoder) => {
+      const rec = new Recorder(encoder.beginComputePass());
+      for (let i = 0; i < steps; i++) {
+        model.recordForward(rec, 1, opts.skip, "last");
+        sample.record(rec, 1);
+      }
+      rec.pass.end();
+      decodeDispatches += rec.dispatches;
+    }));
+  };
+  let done = stopReason === "stop-token" || tokens.length >= budget;
+  while (!done) {
+    while (inflight.length < 2 && scheduled < budget) schedule();
+    const ids = await inflight.shift()!;
+    const fresh: number[] = [];
+    for (const id of ids) {
+      fresh.push(id);
+      if (stop.has(id)) {
+        stopReason = "stop-token";
+        break;
+      }
+    }
+    tokens.push(...fresh);
+    if (fresh.length) opts.onTokens?.(fresh);
+    if (stopReason === "stop-token" || tokens.length >= budget) done = true;
+    else if (opts.shouldStop?.()) {
+      stopReason = "interrupted";
+      done = true;
+    }
+  }
+  await Promise.all(inflight); // surplus steps past a stop: finish and discard
+  const decodeMs = performance.now() - decodeStart;
+  if (stopReason === "max-new-tokens" && budget < opts.maxNewTokens) stopReason = "context-full";
+  presenceBuffer.destroy();
+  outTokens.destroy();
+  const decoded = tokens.length - 1;
+  return {
+    tokens,
+    stats: {
+      promptTokens: prompt.length,
+      generatedTokens: tokens.length,
+      prefillMs,
+      prefillTokensPerSecond: prompt.length / (prefillMs / 1000),
+      decodeMs,
+      decodeTokensPerSecond: decoded > 0 ? decoded / (decodeMs / 1000) : 0,
+      readbacks,
+      readbacksPerToken: readbacks / tokens.length,
+      dispatchesPerToken: scheduled > 1 ? decodeDispatches / (scheduled - 1) : 0,
+      stopReason,
+    },
+  };
+}
