@@ -1,0 +1,55 @@
+/**
+ * skipspec: LLM decoding on WebGPU with per-sub-layer skip flags, for Deno.
+ * `deno run main.ts <command> [flags]`; every user-facing error is one line and an exit code.
+ */
+import { DECODE_SUMMARY, runDecode } from "./src/cli/decode.ts";
+import { ExitCode, SkipspecError, UsageError } from "./src/errors.ts";
+
+const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
+  decode: { summary: DECODE_SUMMARY, run: runDecode },
+};
+
+export const HELP = `Usage: skipspec <command> [flags]
+
+Commands:
+${Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(16)}${c.summary}`).join("\n")}
+
+Run "skipspec <command> --help" for a command's flags and their defaults.
+
+Exit codes:
+  0    success
+  1    internal error (a bug: please report it with the stack trace)
+  2    usage error (unknown or malformed flags)
+  3    the model cannot be loaded (missing, malformed or unsupported files)
+  4    no usable GPU adapter, or the GPU cannot hold what was asked
+  5    bad input (prompt longer than the context, invalid skip set, unreadable prompt file)
+  130  interrupted (Ctrl-C); the text and stats so far are printed
+`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === "--help" || command === "-h" || command === "help") {
+    console.log(HELP);
+    return command === undefined ? ExitCode.usage : ExitCode.ok;
+  }
+  try {
+    const entry = COMMANDS[command];
+    if (!entry) {
+      throw new UsageError(
+        `unknown command "${command}" (commands: ${Object.keys(COMMANDS).join(", ")})`,
+      );
+    }
+    return await entry.run(rest);
+  } catch (e) {
+    if (e instanceof SkipspecError) {
+      console.error(`skipspec: ${e.message.split("\n")[0]}`);
+      return e.exitCode;
+    }
+    console.error("skipspec: internal error (a bug):", e);
+    return ExitCode.internal;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

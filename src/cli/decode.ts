@@ -1,0 +1,62 @@
+/** `skipspec decode`: plain autoregressive generation, text streamed to stdout, stats to stderr. */
+import { decode, type GenerationStats } from "../generate/decode.ts";
+import { TextStreamer } from "../model/tokenizer.ts";
+import { helpText, parseFlags } from "./flags.ts";
+import { GENERATION_FLAGS, openSession } from "./session.ts";
+
+export const DECODE_SUMMARY = "Generate text token by token (greedy or sampled), on the GPU.";
+
+export async function runDecode(argv: string[]): Promise<number> {
+  const flags = parseFlags("decode", GENERATION_FLAGS, argv);
+  if (flags.help) {
+    console.log(helpText("skipspec decode [flags]", DECODE_SUMMARY, GENERATION_FLAGS));
+    return 0;
+  }
+  const s = await openSession(flags);
+  const out = new TextStreamer(s.tokenizer);
+  const write = (text: string) => text && Deno.stdout.writeSync(new TextEncoder().encode(text));
+  let interrupted = false;
+  const onInterrupt = () => (interrupted = true);
+  Deno.addSignalListener("SIGINT", onInterrupt);
+  try {
+    const result = await decode(s.model, s.promptIds, {
+      maxNewTokens: s.maxNewTokens,
+      sampling: s.sampling,
+      skip: s.skip,
+      stopTokens: s.stopTokens,
+      onTokens: flags.json ? undefined : (ids) => write(out.push(ids)),
+      shouldStop: () => interrupted,
+    });
+    const text = s.tokenizer.decode(result.tokens);
+    if (flags.json) {
+      console.log(JSON.stringify({
+        command: "decode",
+        model: s.dir,
+        prompt: s.promptText,
+        promptIds: s.promptIds,
+        skip: s.skip,
+        sampling: s.sampling,
+        tokens: result.tokens,
+        text,
+        stats: result.stats,
+      }));
+    } else {
+      write(out.flush() + "\n");
+      console.error(formatStats(result.stats, s.sampling.seed));
+    }
+    return result.stats.stopReason === "interrupted" ? 130 : 0;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onInterrupt);
+  }
+}
+
+/** One stderr line of figures, the same for every generation strategy. */
+export function formatStats(st: GenerationStats, seed: number): string {
+  return [
+    `prompt ${st.promptTokens} tokens, prefill ${st.prefillTokensPerSecond.toFixed(1)} tok/s`,
+    `${st.generatedTokens} tokens, decode ${st.decodeTokensPerSecond.toFixed(1)} tok/s`,
+    `${st.readbacks} readbacks (${st.readbacksPerToken.toFixed(3)}/token)`,
+    `${st.dispatchesPerToken.toFixed(0)} dispatches/token`,
+    `stop: ${st.stopReason}, seed ${seed}`,
+  ].join(" | ");
+}

@@ -1,0 +1,238 @@
+/**
+ * What every generating subcommand does before it generates: find the model folder, load the
+ * model (with a progress bar for large ones) and its tokenizer, read generation_config.json for
+ * the sampling defaults, build the prompt ids, and parse the skip set.
+ */
+import { fileURLToPath } from "node:url";
+import { InputError, ModelError } from "../errors.ts";
+import type { SamplingParams } from "../gpu/ops.ts";
+import { Model, NO_SKIP, type SkipSet } from "../model/model.ts";
+import { readSkipSet } from "../model/skip.ts";
+import { ModelTokenizer } from "../model/tokenizer.ts";
+import type { FlagTable } from "./flags.ts";
+
+/** The embedded default model, shipped in `fixtures/` (and inside the compiled binary). */
+export const DEFAULT_MODEL = fileURLToPath(new URL("../../fixtures/tiny-llama", import.meta.url));
+
+/** Flags shared by decode, speculate and self-speculate (HF names). */
+export const GENERATION_FLAGS = {
+  "model": {
+    type: "string",
+    help: "model folder (HF layout)",
+    default: "the embedded tiny-llama",
+    placeholder: "DIR",
+  },
+  "prompt": { type: "string", help: "prompt text", placeholder: "TEXT" },
+  "prompt-file": { type: "string", help: "read the prompt from a file", placeholder: "FILE" },
+  "chat": { type: "boolean", help: "wrap the prompt in the model's chat template", default: false },
+  "max-new-tokens": {
+    type: "int",
+    help: "tokens to generate (default: generation_config.json, else 128)",
+    min: 1,
+  },
+  "temperature": {
+    type: "number",
+    help: "0 = greedy (default: generation_config.json, else 0)",
+    min: 0,
+  },
+  "top-k": {
+    type: "int",
+    help: "keep the k most likely tokens, 0 = off (default: generation_config.json)",
+    min: 0,
+  },
+  "top-p": {
+    type: "number",
+    help: "nucleus sampling mass, 1 = off (default: generation_config.json)",
+    min: 0,
+    max: 1,
+  },
+  "min-p": {
+    type: "number",
+    help: "drop tokens below min-p x the top probability, 0 = off",
+    default: 0,
+    min: 0,
+    max: 1,
+  },
+  "repetition-penalty": {
+    type: "number",
+    help: "penalise tokens already in the context, 1 = off",
+    default: 1,
+    min: 0.01,
+  },
+  "seed": {
+    type: "int",
+    help: "sampling seed (default: random, reported in the stats)",
+    min: 0,
+    max: 2 ** 32 - 1,
+  },
+  "skip": {
+    type: "string",
+    help: 'skip sub-layers: JSON {"attn":[..],"mlp":[..]} or a file',
+    placeholder: "FILE_OR_JSON",
+  },
+  "context": {
+    type: "int",
+    help: "K/V cache length in tokens (default: min(max_position_embeddings, 4096))",
+    min: 2,
+  },
+  "json": {
+    type: "boolean",
+    help: "print tokens, text and stats as one JSON object on stdout",
+    default: false,
+  },
+  "help": { type: "boolean", help: "show this help" },
+} as const satisfies FlagTable;
+
+export interface GenerationConfig {
+  do_sample?: boolean;
+  temperature?: number;
+  top_k?: number;
+  top_p?: number;
+  min_p?: number;
+  repetition_penalty?: number;
+  max_new_tokens?: number;
+  eos_token_id?: number | number[];
+}
+
+export async function readGenerationConfig(dir: string): Promise<GenerationConfig> {
+  const path = `${dir}/generation_config.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return {};
+    throw new ModelError(`${path} cannot be read: ${(e as Error).message}`);
+  }
+  try {
+    const parsed = JSON.parse(text);
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      throw new Error("not an object");
+    }
+    return parsed;
+  } catch (e) {
+    throw new ModelError(
+      `${path} is not a valid JSON object: ${(e as Error).message.split("\n")[0]}`,
+    );
+  }
+}
+
+type GenerationFlagValues = {
+  [K in keyof typeof GENERATION_FLAGS]?: (typeof GENERATION_FLAGS)[K]["type"] extends "boolean"
+    ? boolean
+    : (typeof GENERATION_FLAGS)[K]["type"] extends "string" ? string
+    : number;
+};
+
+/** Sampling settings: flags first, then generation_config.json (when it samples), else greedy. */
+export function samplingFrom(flags: GenerationFlagValues, gen: GenerationConfig): SamplingParams {
+  const sampled = gen.do_sample === true;
+  const num = (
+    v: unknown,
+    fallback: number,
+  ) => (typeof v === "number" && Number.isFinite(v) ? v : fallback);
+  return {
+    temperature: flags.temperature ?? (sampled ? num(gen.temperature, 1) : 0),
+    topK: flags["top-k"] ?? (sampled ? num(gen.top_k, 0) : 0),
+    topP: flags["top-p"] ?? (sampled ? num(gen.top_p, 1) : 1),
+    minP: flags["min-p"] ?? num(gen.min_p, 0),
+    repetitionPenalty: flags["repetition-penalty"] ?? num(gen.repetition_penalty, 1),
+    seed: flags.seed ?? crypto.getRandomValues(new Uint32Array(1))[0],
+  };
+}
+
+export interface Session {
+  dir: string;
+  model: Model;
+  tokenizer: ModelTokenizer;
+  generation: GenerationConfig;
+  promptText: string;
+  promptIds: number[];
+  skip: SkipSet;
+  sampling: SamplingParams;
+  maxNewTokens: number;
+  stopTokens: number[];
+}
+
+/** Loads everything a generating subcommand needs from its flags. */
+export async function openSession(
+  flags: GenerationFlagValues,
+  opts: { quiet?: boolean } = {},
+): Promise<Session> {
+  if (flags.prompt !== undefined && flags["prompt-file"] !== undefined) {
+    throw new InputError("give --prompt or --prompt-file, not both");
+  }
+  let promptText = flags.prompt;
+  if (flags["prompt-file"] !== undefined) {
+    try {
+      promptText = await Deno.readTextFile(flags["prompt-file"]);
+    } catch (e) {
+      throw new InputError(
+        `--prompt-file ${flags["prompt-file"]}: ${(e as Error).message.split("\n")[0]}`,
+      );
+    }
+  }
+  if (promptText === undefined) {
+    throw new InputError("no prompt: give --prompt TEXT or --prompt-file FILE");
+  }
+  const dir = flags.model ?? DEFAULT_MODEL;
+  const tokenizer = await ModelTokenizer.load(dir);
+  const model = await Model.load(dir, {
+    contextLength: flags.context,
+    onProgress: opts.quiet ? undefined : progressBar(),
+  });
+  if (tokenizer.vocabSize > model.cfg.vocabSize) {
+    throw new ModelError(
+      `tokenizer has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${model.cfg.vocabSize}`,
+    );
+  }
+  const generation = await readGenerationConfig(dir);
+  const text = flags.chat
+    ? tokenizer.applyChatTemplate([{ role: "user", content: promptText }])
+    : promptText;
+  const promptIds = flags.chat ? tokenizer.encodeRaw(text) : tokenizer.encode(text);
+  const skip = flags.skip === undefined
+    ? NO_SKIP
+    : await readSkipSet(flags.skip, model.cfg.numLayers);
+  const genEos = generation.eos_token_id;
+  const stopTokens = [
+    ...new Set([
+      ...model.cfg.eosTokenIds,
+      ...tokenizer.eosTokenIds,
+      ...(genEos === undefined ? [] : Array.isArray(genEos) ? genEos : [genEos]),
+    ]),
+  ];
+  if (flags.chat) {
+    const endOfTurn = tokenizer.encodeRaw("<end_of_turn>");
+    if (endOfTurn.length === 1) stopTokens.push(endOfTurn[0]);
+  }
+  return {
+    dir,
+    model,
+    tokenizer,
+    generation,
+    promptText: text,
+    promptIds,
+    skip,
+    sampling: samplingFrom(flags, generation),
+    maxNewTokens: flags["max-new-tokens"] ?? generation.max_new_tokens ?? 128,
+    stopTokens,
+  };
+}
+
+/** A progress bar on stderr for models over 100 MB (only on a terminal). */
+function progressBar(): (loaded: number, total: number) => void {
+  const tty = Deno.stderr.isTerminal();
+  let last = -1;
+  return (loaded, total) => {
+    if (!tty || total < 100e6) return;
+    const percent = Math.floor((loaded / total) * 100);
+    if (percent === last) return;
+    last = percent;
+    const bar = "#".repeat(percent / 4).padEnd(25, ".");
+    const mb = (b: number) => (b / 1e6).toFixed(0);
+    Deno.stderr.writeSync(
+      new TextEncoder().encode(`\rloading [${bar}] ${percent}% ${mb(loaded)}/${mb(total)} MB`),
+    );
+    if (loaded >= total) Deno.stderr.writeSync(new TextEncoder().encode("\n"));
+  };
+}
