@@ -2,11 +2,13 @@
  * skipspec: LLM decoding on WebGPU with per-sub-layer skip flags, for Deno.
  * `deno run main.ts <command> [flags]`; every user-facing error is one line and an exit code.
  */
+import { BENCH_SUMMARY, runBench } from "./src/cli/bench.ts";
 import { DECODE_SUMMARY, runDecode } from "./src/cli/decode.ts";
 import { ExitCode, SkipspecError, UsageError } from "./src/errors.ts";
 
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   decode: { summary: DECODE_SUMMARY, run: runDecode },
+  bench: { summary: BENCH_SUMMARY, run: runBench },
 };
 
 export const HELP = `Usage: skipspec <command> [flags]

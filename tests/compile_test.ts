@@ -1,0 +1,49 @@
+/**
+ * `deno compile` builds a standalone binary that carries its kernels and the default model and
+ * runs `decode` from any working directory. Building needs Deno's `denort` runtime, downloaded
+ * from Deno's servers or given by DENORT_BIN; where neither works the test is skipped, saying why.
+ */
+import assert from "node:assert/strict";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const outDir = await Deno.makeTempDir({ prefix: "skipspec-bin-" });
+const binary = `${outDir}/skipspec`;
+
+async function build(): Promise<string | undefined> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["task", "compile", "--output", binary],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (out.success) return undefined;
+  const log = new TextDecoder().decode(out.stderr);
+  const reason = log.split("\n").find((l) => /denort|download|dns|lookup|connect/i.test(l)) ??
+    log.split("\n")[0];
+  return reason.trim();
+}
+
+const skipReason = await build();
+if (skipReason) {
+  console.log(
+    `compile_test: skipped: deno compile could not get its denort runtime (${skipReason}); ` +
+      `set DENORT_BIN to a local denort to run it`,
+  );
+}
+
+Deno.test({
+  name: "the compiled binary runs decode on its embedded model from another working directory",
+  ignore: skipReason !== undefined,
+  async fn() {
+    const ref = JSON.parse(await Deno.readTextFile(`${ROOT}/fixtures/tiny-llama/reference.json`)).cases[0];
+    const out = await new Deno.Command(binary, {
+      args: ["decode", "--prompt", ref.prompt, "--temperature", "0", "--max-new-tokens", "12", "--json"],
+      cwd: outDir,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)).tokens, ref.greedy_ids.slice(0, 12));
+    await Deno.remove(outDir, { recursive: true });
+  },
+});

@@ -1,0 +1,570 @@
+/**
+ * Each WGSL kernel (except the sampler) against its plain-loop CPU reference in
+ * tests/reference/cpu_ops.ts, on seeded random inputs with sizes that are not multiples of the
+ * workgroup size (64), odd token counts, all three weight dtypes and row-chunked weights.
+ * Output buffers start with random contents and are compared whole, so writes outside the
+ * expected region fail too; inputs the kernels must not read hold NaN.
+ */
+import assert from "node:assert/strict";
+import { readF32, storageBuffer } from "../src/gpu/buffers.ts";
+import { openGpu } from "../src/gpu/device.ts";
+import {
+  addRmsnormOp,
+  attentionOp,
+  embedOp,
+  type Epilogue,
+  matmulOp,
+  type Op,
+  type OpContext,
+  Recorder,
+  ropeKvOp,
+  STATE_BYTES,
+  type WeightDType,
+} from "../src/gpu/ops.ts";
+import { Pipelines } from "../src/gpu/shader.ts";
+import { createMatrix, toF32, writeMatrixRows } from "../src/model/weights.ts";
+import * as ref from "./reference/cpu_ops.ts";
+
+const gpu = await openGpu();
+const device = gpu.device;
+const ctx: OpContext = {
+  device,
+  pipelines: new Pipelines(device),
+  state: storageBuffer(device, STATE_BYTES, "state"),
+};
+
+/** GPU f32 against the f64 reference: |got - want| <= TOL + TOL |want|. */
+const TOL = 1e-4;
+const DTYPES: WeightDType[] = ["F32", "F16", "BF16"];
+
+// --- helpers ---------------------------------------------------------------------------------
+
+/**
+ * Asserts |got[i] - want[i]| <= tol (1 + |want[i]|) for every i (NaN matches only NaN). The message
+ * names the first failing index (and [row, col] when `width` is given), expected, got, and the
+ * largest error.
+ */
+function assertClose(
+  got: ArrayLike<number>,
+  want: ArrayLike<number>,
+  tol: number,
+  label: string,
+  width?: number,
+) {
+  assert.equal(got.length, want.length, `${label}: length ${got.length}, expected ${want.length}`);
+  const where = (i: number) =>
+    width ? `index ${i} [${Math.floor(i / width)}, ${i % width}]` : `index ${i}`;
+  let bad = 0;
+  let first = -1;
+  let maxError = 0;
+  let maxAt = -1;
+  for (let i = 0; i < want.length; i++) {
+    const g = got[i];
+    const w = want[i];
+    if (Number.isNaN(w) && Number.isNaN(g)) continue;
+    const error = Number.isNaN(g - w) ? Infinity : Math.abs(g - w);
+    if (maxAt < 0 || error > maxError) {
+      maxError = error;
+      maxAt = i;
+    }
+    if (!(error <= tol * (1 + Math.abs(w)))) {
+      bad++;
+      if (first < 0) first = i;
+    }
+  }
+  if (bad > 0) {
+    assert.fail(
+      `${label}: ${bad} of ${want.length} values differ; first at ${where(first)}: ` +
+        `expected ${want[first]}, got ${got[first]}; max error ${maxError} at ${where(maxAt)} ` +
+        `(expected ${want[maxAt]}, got ${got[maxAt]}); tol ${tol} abs + rel`,
+    );
+  }
+}
+
+/** Buffers made by one test, destroyed when it ends. */
+class Buffers {
+  #all: GPUBuffer[] = [];
+  /** A storage buffer holding `data`. */
+  upload(data: Float32Array | Uint32Array, label: string): GPUBuffer {
+    const buffer = storageBuffer(device, data.byteLength, label);
+    device.queue.writeBuffer(
+      buffer,
+      0,
+      data.buffer as ArrayBuffer,
+      data.byteOffset,
+      data.byteLength,
+    );
+    this.#all.push(buffer);
+    return buffer;
+  }
+  track<T extends { chunks: { buffer: GPUBuffer }[] }>(m: T): T {
+    this.#all.push(...m.chunks.map((c) => c.buffer));
+    return m;
+  }
+  destroy() {
+    this.#all.forEach((b) => b.destroy());
+    this.#all = [];
+  }
+}
+
+async function withBuffers(fn: (b: Buffers) => Promise<void>) {
+  const b = new Buffers();
+  try {
+    await fn(b);
+  } finally {
+    b.destroy();
+  }
+}
+
+/** Records `op` for n tokens at `pos` in one compute pass and submits it; returns the dispatches. */
+function run(op: Op | Op[], pos: number, n: number): number {
+  device.queue.writeBuffer(ctx.state, 0, new Uint32Array([pos, n, 0, 0]));
+  const enc = device.createCommandEncoder();
+  const rec = new Recorder(enc.beginComputePass());
+  for (const o of Array.isArray(op) ? op : [op]) o.record(rec, n);
+  rec.pass.end();
+  device.queue.submit([enc.finish()]);
+  return rec.dispatches;
+}
+
+/** `values` with NaN at the indices where `hole(i)` (input the kernel must not read). */
+function withHoles(values: Float32Array<ArrayBuffer>, hole: (i: number) => boolean) {
+  for (let i = 0; i < values.length; i++) if (hole(i)) values[i] = NaN;
+  return values;
+}
+
+// --- matmul ----------------------------------------------------------------------------------
+
+interface MatmulCase {
+  dtype: WeightDType;
+  epilogue: Epilogue;
+  rows: number;
+  cols: number;
+  n: number;
+  norm?: boolean;
+  softcap?: number;
+  lastOnly?: boolean;
+  /** Rows per weight chunk (a small binding limit); absent: one chunk. */
+  chunkRows?: number;
+  /** Extra floats per x row (a multiple of 4), NaN-filled. */
+  xPad?: number;
+}
+
+async function checkMatmul(c: MatmulCase) {
+  const label = `matmul ${JSON.stringify(c)}`;
+  const rng = ref.mulberry32(ref.seedFrom(label));
+  const glu = c.epilogue === "glu-silu" || c.epilogue === "glu-gelu";
+  const stack = glu ? 2 : 1;
+  const { rows, cols, n } = c;
+  // Weights ~ U(-a, a) with a = 2 / sqrt(cols), so outputs are O(1) (softcaps then matter).
+  const a = 2 / Math.sqrt(cols);
+  const parts = Array.from(
+    { length: stack },
+    () => ref.encodeWeights(c.dtype, ref.randomF32(rng, rows * cols, -a, a)),
+  );
+  const wDecoded = new Float32Array(stack * rows * cols);
+  parts.forEach((p, i) => wDecoded.set(p.decoded, i * rows * cols));
+
+  const xStride = cols + (c.xPad ?? 0);
+  const x = withHoles(
+    ref.randomF32(rng, n * xStride, -2, 2),
+    (i) => i % xStride >= cols || (c.lastOnly === true && Math.floor(i / xStride) < n - 1),
+  );
+  const yStride = rows + 3; // columns past `rows` must stay untouched
+  const yRows = (c.lastOnly ? 1 : n) + 1; // so must the row after the last token
+  const y0 = ref.randomF32(rng, yRows * yStride);
+  const gain = ref.randomF32(rng, cols, 0.5, 1.5);
+  const eps = 1e-5;
+
+  await withBuffers(async (b) => {
+    const rowBytes = cols * ref.DTYPE_SIZE[c.dtype];
+    const maxBinding = c.chunkRows ? rowBytes * stack * c.chunkRows : gpu.maxBinding;
+    const w = b.track(createMatrix(device, c.dtype, rows, cols, maxBinding, "w", stack));
+    const chunks = c.chunkRows ? Math.ceil(rows / c.chunkRows) : 1;
+    assert.equal(w.chunks.length, chunks, `${label}: chunk count`);
+    parts.forEach((p, part) => writeMatrixRows(device, w, 0, p.bytes, part));
+    const y = b.upload(y0, "y");
+    const op = matmulOp(ctx, {
+      w,
+      x: b.upload(x, "x"),
+      xStride,
+      y,
+      yStride,
+      epilogue: c.epilogue,
+      norm: c.norm ? { gain: b.upload(gain, "gain"), eps } : undefined,
+      softcap: c.softcap,
+      lastOnly: c.lastOnly,
+    });
+    assert.equal(run(op, 3, n), chunks, `${label}: one dispatch per chunk`);
+    const got = await readF32(device, y, y0.length);
+    const want = ref.matmulRef({
+      w: wDecoded,
+      rows,
+      cols,
+      x,
+      xStride,
+      y: y0,
+      yStride,
+      n,
+      epilogue: c.epilogue,
+      norm: c.norm ? { gain, eps } : undefined,
+      softcap: c.softcap,
+      lastOnly: c.lastOnly,
+    });
+    assertClose(got, want, TOL, label, yStride);
+  });
+}
+
+const EPILOGUES: { epilogue: Epilogue; words: string }[] = [
+  { epilogue: "store", words: "the store epilogue (with and without softcap)" },
+  { epilogue: "add", words: "the residual-add epilogue" },
+  { epilogue: "glu-silu", words: "the SiLU GLU epilogue" },
+  { epilogue: "glu-gelu", words: "the tanh-GELU GLU epilogue" },
+];
+
+for (const dtype of DTYPES) {
+  for (const { epilogue, words } of EPILOGUES) {
+    Deno.test(
+      `matmul with ${words} matches the CPU reference for ${dtype} weights, ` +
+        `with and without fused RMSNorm, for 1, 5 and 13 tokens`,
+      async () => {
+        const softcap = epilogue === "store" ? 1.5 : undefined;
+        // n = 1 takes the TOKENS = 1 variant, 5 and 13 the TOKENS = 8 one (13: a partial block).
+        const cases: Omit<MatmulCase, "dtype" | "epilogue">[] = [
+          { rows: 67, cols: 72, n: 1 },
+          { rows: 131, cols: 200, n: 1, norm: true, softcap },
+          { rows: 131, cols: 200, n: 5, xPad: 4 },
+          { rows: 67, cols: 72, n: 5, norm: true },
+          { rows: 67, cols: 200, n: 13, softcap },
+          { rows: 131, cols: 72, n: 13, norm: true, xPad: 8 },
+        ];
+        for (const c of cases) await checkMatmul({ dtype, epilogue, ...c });
+      },
+    );
+  }
+}
+
+Deno.test("matmul over a weight split into several row chunks matches the CPU reference for every epilogue", async () => {
+  const cases: MatmulCase[] = [
+    { dtype: "F16", epilogue: "store", rows: 67, cols: 72, n: 1, norm: true, chunkRows: 5 },
+    { dtype: "F32", epilogue: "store", rows: 67, cols: 72, n: 13, softcap: 1.5, chunkRows: 5 },
+    { dtype: "F32", epilogue: "add", rows: 67, cols: 200, n: 1, chunkRows: 5 },
+    { dtype: "BF16", epilogue: "add", rows: 131, cols: 72, n: 5, norm: true, chunkRows: 64 },
+    { dtype: "BF16", epilogue: "glu-silu", rows: 67, cols: 72, n: 13, norm: true, chunkRows: 5 },
+    { dtype: "F16", epilogue: "glu-silu", rows: 131, cols: 72, n: 1, chunkRows: 65 },
+    { dtype: "F16", epilogue: "glu-gelu", rows: 67, cols: 200, n: 5, norm: true, chunkRows: 5 },
+    { dtype: "F32", epilogue: "glu-gelu", rows: 131, cols: 72, n: 13, chunkRows: 7 },
+  ];
+  for (const c of cases) await checkMatmul(c);
+});
+
+Deno.test("matmul with lastOnly reads only the last token's row and writes row 0, like the prefill logits", async () => {
+  const cases: MatmulCase[] = [
+    { dtype: "BF16", epilogue: "store", rows: 131, cols: 72, n: 1, norm: true, softcap: 1.5 },
+    { dtype: "BF16", epilogue: "store", rows: 131, cols: 72, n: 5, norm: true, softcap: 1.5 },
+    { dtype: "F32", epilogue: "store", rows: 67, cols: 200, n: 13, norm: true },
+    { dtype: "F16", epilogue: "store", rows: 67, cols: 72, n: 13, norm: true, chunkRows: 5 },
+    { dtype: "F32", epilogue: "store", rows: 67, cols: 72, n: 7, xPad: 4, chunkRows: 9 },
+  ];
+  for (const c of cases) await checkMatmul({ ...c, lastOnly: true });
+});
+
+// --- embed -----------------------------------------------------------------------------------
+
+Deno.test("embedding lookup from a row-chunked table matches the CPU reference for F32, F16 and BF16 tables", async () => {
+  const vocab = 37;
+  for (const dtype of DTYPES) {
+    for (
+      const { cols, chunkRows, scale } of [
+        { cols: 72, chunkRows: 5, scale: 1 },
+        { cols: 200, chunkRows: 0, scale: Math.sqrt(200) },
+        { cols: 520, chunkRows: 11, scale: Math.sqrt(520) },
+      ]
+    ) {
+      const label = `embed ${JSON.stringify({ dtype, vocab, cols, chunkRows, scale })}`;
+      const rng = ref.mulberry32(ref.seedFrom(label));
+      const table = ref.encodeWeights(dtype, ref.randomF32(rng, vocab * cols));
+      // First and last ids, both sides of chunk boundaries, a repeat, and random ones: 9 tokens.
+      const ids = new Uint32Array([0, vocab - 1, 4, 5, 10, 11, 4, ...ref.randomU32(rng, 2, vocab)]);
+      const n = ids.length;
+      const h0 = ref.randomF32(rng, (n + 1) * cols); // row n must stay untouched
+      await withBuffers(async (b) => {
+        const rowBytes = cols * ref.DTYPE_SIZE[dtype];
+        const maxBinding = chunkRows ? rowBytes * chunkRows : gpu.maxBinding;
+        const m = b.track(createMatrix(device, dtype, vocab, cols, maxBinding, "embed"));
+        assert.equal(m.chunks.length, chunkRows ? Math.ceil(vocab / chunkRows) : 1);
+        writeMatrixRows(device, m, 0, table.bytes);
+        const h = b.upload(h0, "h");
+        const op = embedOp(ctx, { table: m, ids: b.upload(ids, "ids"), h, scale });
+        run(op, 0, n);
+        const got = await readF32(device, h, h0.length);
+        const want = new Float32Array(h0);
+        want.set(ref.embedRef(table.decoded, cols, ids, scale));
+        assertClose(got, want, TOL, label, cols);
+      });
+    }
+  }
+});
+
+// --- rope_kv ---------------------------------------------------------------------------------
+
+interface RopeCase {
+  nHeads: number;
+  nKv: number;
+  headDim: number;
+  pos: number;
+  n: number;
+}
+
+/** Runs rope_kv on random q/k/v; caches and q_out start random and are compared whole. */
+async function checkRopeKv(c: RopeCase) {
+  const label = `rope_kv ${JSON.stringify(c)}`;
+  const rng = ref.mulberry32(ref.seedFrom(label));
+  const ctxLen = c.pos + c.n + 3;
+  const width = (c.nHeads + 2 * c.nKv) * c.headDim;
+  const cacheLen = ctxLen * c.nKv * c.headDim;
+  const args: ref.RopeKvRefArgs = {
+    ...c,
+    ctx: ctxLen,
+    qkv: ref.randomF32(rng, c.n * width, -3, 3),
+    cosSin: ref.ropeTable(ctxLen, c.headDim),
+    q: ref.randomF32(rng, (c.n + 1) * c.nHeads * c.headDim),
+    kCache: ref.randomF32(rng, cacheLen),
+    vCache: ref.randomF32(rng, cacheLen),
+  };
+  await withBuffers(async (b) => {
+    const q = b.upload(args.q, "q");
+    const k = b.upload(args.kCache, "k");
+    const v = b.upload(args.vCache, "v");
+    const op = ropeKvOp(ctx, {
+      nHeads: c.nHeads,
+      nKv: c.nKv,
+      headDim: c.headDim,
+      ctxLen,
+      qkv: b.upload(args.qkv, "qkv"),
+      cosSin: b.upload(args.cosSin, "cos_sin"),
+      q,
+      k,
+      v,
+    });
+    run(op, c.pos, c.n);
+    const want = ref.ropeKvRef(args);
+    const row = c.nKv * c.headDim;
+    assertClose(await readF32(device, q, args.q.length), want.q, TOL, `${label} q`, c.headDim);
+    assertClose(await readF32(device, k, cacheLen), want.kCache, TOL, `${label} k cache`, row);
+    assertClose(await readF32(device, v, cacheLen), want.vCache, TOL, `${label} v cache`, row);
+  });
+}
+
+Deno.test("rope_kv rotates q and k and appends k and v to the cache at position 0", async () => {
+  await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 0, n: 5 });
+  await checkRopeKv({ nHeads: 6, nKv: 3, headDim: 64, pos: 0, n: 1 });
+  await checkRopeKv({ nHeads: 4, nKv: 4, headDim: 160, pos: 0, n: 3 });
+});
+
+Deno.test("rope_kv rotates q and k and appends k and v to the cache at a later position", async () => {
+  await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 9, n: 7 });
+  await checkRopeKv({ nHeads: 6, nKv: 3, headDim: 64, pos: 70, n: 1 });
+  await checkRopeKv({ nHeads: 6, nKv: 2, headDim: 64, pos: 13, n: 13 });
+});
+
+// --- attention -------------------------------------------------------------------------------
+
+interface AttentionCase {
+  nHeads: number;
+  nKv: number;
+  headDim: number;
+  window: number;
+  softcap: number;
+  pos: number;
+  n: number;
+}
+
+/**
+ * Attention over a cache the CPU filled for positions [0, pos + n); later positions hold NaN,
+ * which any read past the causal limit would spread into the output.
+ */
+async function checkAttention(c: AttentionCase) {
+  const label = `attention ${JSON.stringify(c)}`;
+  const rng = ref.mulberry32(ref.seedFrom(label));
+  const d = c.headDim;
+  const ctxLen = c.pos + c.n + 5;
+  const filled = (c.pos + c.n) * c.nKv * d;
+  const cache = () => withHoles(ref.randomF32(rng, ctxLen * c.nKv * d), (i) => i >= filled);
+  // Larger queries with a softcap, so scores reach the cap's nonlinear range.
+  const qScale = c.softcap > 0 ? 40 : 4;
+  const args: ref.AttentionRefArgs = {
+    ...c,
+    scale: 1 / Math.sqrt(d),
+    q: ref.randomF32(rng, c.n * c.nHeads * d, -qScale, qScale),
+    kCache: cache(),
+    vCache: cache(),
+  };
+  const out0 = ref.randomF32(rng, (c.n + 1) * c.nHeads * d);
+  await withBuffers(async (b) => {
+    const out = b.upload(out0, "out");
+    const op = attentionOp(ctx, {
+      nHeads: c.nHeads,
+      nKv: c.nKv,
+      headDim: d,
+      window: c.window,
+      scale: args.scale,
+      softcap: c.softcap,
+      q: b.upload(args.q, "q"),
+      k: b.upload(args.kCache, "k"),
+      v: b.upload(args.vCache, "v"),
+      out,
+    });
+    run(op, c.pos, c.n);
+    const want = new Float32Array(out0);
+    want.set(ref.attentionRef(args));
+    assertClose(await readF32(device, out, out0.length), want, TOL, label, c.nHeads * d);
+  });
+}
+
+/** Every combination of GQA 4/2 and 6/3, head_dim 32 and 96, window 0 and 5, softcap 0 and 50. */
+function attentionGrid(pos: number, n: number): AttentionCase[] {
+  const cases: AttentionCase[] = [];
+  for (const [nHeads, nKv] of [[4, 2], [6, 3]]) {
+    for (const headDim of [32, 96]) {
+      for (const window of [0, 5]) {
+        for (const softcap of [0, 50]) {
+          cases.push({ nHeads, nKv, headDim, window, softcap, pos, n });
+        }
+      }
+    }
+  }
+  return cases;
+}
+
+Deno.test("attention of one new token at a nonzero position matches the causal CPU reference with GQA, sliding windows and softcaps", async () => {
+  for (const c of attentionGrid(70, 1)) await checkAttention(c);
+  for (const c of attentionGrid(3, 1)) await checkAttention(c);
+});
+
+Deno.test("attention of seven new tokens at a nonzero position matches the causal CPU reference with GQA, sliding windows and softcaps", async () => {
+  // pos 62: the keys of the later tokens span two 64-key tiles.
+  for (const c of attentionGrid(62, 7)) await checkAttention(c);
+  for (const c of attentionGrid(2, 7)) await checkAttention(c);
+});
+
+Deno.test("attention of a first prefill at position 0 matches the CPU reference, also past one key tile", async () => {
+  await checkAttention({ nHeads: 4, nKv: 2, headDim: 32, window: 0, softcap: 0, pos: 0, n: 7 });
+  await checkAttention({ nHeads: 2, nKv: 1, headDim: 64, window: 0, softcap: 0, pos: 0, n: 67 });
+  await checkAttention({ nHeads: 2, nKv: 2, headDim: 256, window: 0, softcap: 0, pos: 0, n: 3 });
+});
+
+Deno.test("rope_kv followed by attention in one pass matches the CPU reference over a prefilled cache", async () => {
+  const nHeads = 6, nKv = 3, headDim = 32, pos = 11, n = 5, window = 5, softcap = 50;
+  const rng = ref.mulberry32(ref.seedFrom("rope_kv + attention"));
+  const ctxLen = 24;
+  const width = (nHeads + 2 * nKv) * headDim;
+  const cacheLen = ctxLen * nKv * headDim;
+  const rope: ref.RopeKvRefArgs = {
+    nHeads,
+    nKv,
+    headDim,
+    ctx: ctxLen,
+    pos,
+    n,
+    qkv: ref.randomF32(rng, n * width, -3, 3),
+    cosSin: ref.ropeTable(ctxLen, headDim),
+    q: new Float32Array(n * nHeads * headDim),
+    kCache: ref.randomF32(rng, cacheLen),
+    vCache: ref.randomF32(rng, cacheLen),
+  };
+  const rotated = ref.ropeKvRef(rope);
+  const want = ref.attentionRef({
+    nHeads,
+    nKv,
+    headDim,
+    window,
+    scale: 1 / Math.sqrt(headDim),
+    softcap,
+    pos,
+    n,
+    q: rotated.q,
+    kCache: rotated.kCache,
+    vCache: rotated.vCache,
+  });
+  await withBuffers(async (b) => {
+    const shape = { nHeads, nKv, headDim };
+    const q = b.upload(rope.q, "q");
+    const k = b.upload(rope.kCache, "k");
+    const v = b.upload(rope.vCache, "v");
+    const out = b.upload(new Float32Array(want.length), "out");
+    const ops = [
+      ropeKvOp(ctx, {
+        ...shape,
+        ctxLen,
+        qkv: b.upload(rope.qkv, "qkv"),
+        cosSin: b.upload(rope.cosSin, "cos_sin"),
+        q,
+        k,
+        v,
+      }),
+      attentionOp(ctx, { ...shape, window, scale: 1 / Math.sqrt(headDim), softcap, q, k, v, out }),
+    ];
+    run(ops, pos, n);
+    const label = "rope_kv + attention";
+    assertClose(await readF32(device, out, want.length), want, TOL, label, nHeads * headDim);
+  });
+});
+
+// --- add_rmsnorm -----------------------------------------------------------------------------
+
+Deno.test("add_rmsnorm with odd widths and token counts matches the CPU reference", async () => {
+  for (const [width, n] of [[67, 5], [131, 1], [9, 3], [333, 7]]) {
+    const label = `add_rmsnorm ${JSON.stringify({ width, n })}`;
+    const rng = ref.mulberry32(ref.seedFrom(label));
+    const eps = 1e-6;
+    const h0 = ref.randomF32(rng, (n + 1) * width, -4, 4); // row n must stay untouched
+    const delta = ref.randomF32(rng, n * width, -3, 3);
+    const gain = ref.randomF32(rng, width, 0.5, 1.5);
+    await withBuffers(async (b) => {
+      const h = b.upload(h0, "h");
+      const op = addRmsnormOp(ctx, {
+        width,
+        eps,
+        delta: b.upload(delta, "delta"),
+        gain: b.upload(gain, "gain"),
+        h,
+      });
+      run(op, 0, n);
+      const want = ref.addRmsnormRef(h0, delta, gain, width, n, eps);
+      assertClose(await readF32(device, h, h0.length), want, TOL, label, width);
+    });
+  }
+});
+
+// --- the test helpers themselves -------------------------------------------------------------
+
+Deno.test("the bf16 and f16 test encoders round to nearest even and decode like the weight loader", () => {
+  const bf16 = (x: number) => ref.bf16BitsToF32(ref.f32ToBf16Bits(x));
+  assert.equal(bf16(1 + 2 ** -8), 1); // tie: to even
+  assert.equal(bf16(1 + 3 * 2 ** -8), 1 + 2 ** -6); // tie: to even (up)
+  assert.equal(bf16(1 + 2 ** -8 + 2 ** -20), 1 + 2 ** -7); // above the tie
+  assert.equal(bf16(-2.5), -2.5);
+  assert.equal(bf16(3.4e38), Infinity);
+  assert.ok(Number.isNaN(bf16(NaN)));
+
+  const f16 = (x: number) => ref.f16BitsToF32(ref.f32ToF16Bits(x));
+  assert.equal(f16(1 + 2 ** -11), 1);
+  assert.equal(f16(1 + 3 * 2 ** -11), 1 + 2 ** -9);
+  assert.equal(f16(65519), 65504);
+  assert.equal(f16(65520), Infinity);
+  assert.equal(f16(2 ** -25), 0); // subnormal tie to even (0)
+  assert.equal(f16(3 * 2 ** -25), 2 ** -23); // subnormal tie to even (2 units)
+  assert.equal(f16(2 ** -14 - 2 ** -26), 2 ** -14); // rounds up into the normals
+  const rng = ref.mulberry32(7);
+  for (let i = 0; i < 2000; i++) {
+    const x = Math.fround((rng() - 0.5) * 2 ** (rng() * 40 - 24));
+    assert.equal(f16(x), Math.f16round(x), `f16 of ${x}`);
+  }
+
+  const values = ref.randomF32(rng, 64, -10, 10);
+  for (const dtype of DTYPES) {
+    const { bytes, decoded } = ref.encodeWeights(dtype, values);
+    assert.deepEqual(toF32(dtype, bytes), decoded, `${dtype} decodes like toF32`);
+  }
+});
