@@ -116,7 +116,7 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
       if (lid < stride) {
         let other = scratch[lid + stride];
         let other_id = scratch_index[lid + stride];
-        if (other_id != 0xffffffffu && (other > scratch[lid] || scratch_index[lid] == 0xffffffffu)) {
+        if (other_id != 0xffffffffu && (other > scratch[lid] || (other == scratch[lid] && other_id < scratch_index[lid]) || scratch_index[lid] == 0xffffffffu)) {
           scratch[lid] = other;
           scratch_index[lid] = other_id;
         }

@@ -10,16 +10,19 @@ const outDir = await Deno.makeTempDir({ prefix: "skipspec-bin-" });
 const binary = `${outDir}/skipspec`;
 
 async function build(): Promise<string | undefined> {
+  // The `compile` task's own command line, writing to a temporary folder instead of dist/.
+  const task: string = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`)).tasks.compile;
+  const args = task.split(" ").slice(1).map((a) => (a === "dist/skipspec" ? binary : a));
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["task", "compile", "--output", binary],
+    args,
     cwd: ROOT,
     stdout: "piped",
     stderr: "piped",
   }).output();
   if (out.success) return undefined;
   const log = new TextDecoder().decode(out.stderr);
-  const reason = log.split("\n").find((l) => /denort|download|dns|lookup|connect/i.test(l)) ??
-    log.split("\n")[0];
+  const lines = log.split("\n").map((l) => l.replace(/\x1b\[[0-9;]*m/g, "").trim());
+  const reason = lines.filter((l) => /error/i.test(l)).pop() ?? lines.find((l) => l) ?? "unknown error";
   return reason.trim();
 }
 
