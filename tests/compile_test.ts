@@ -22,7 +22,8 @@ async function build(): Promise<string | undefined> {
   if (out.success) return undefined;
   const log = new TextDecoder().decode(out.stderr);
   const lines = log.split("\n").map((l) => l.replace(/\x1b\[[0-9;]*m/g, "").trim());
-  const reason = lines.filter((l) => /error/i.test(l)).pop() ?? lines.find((l) => l) ?? "unknown error";
+  const reason = lines.filter((l) => /error/i.test(l)).pop() ?? lines.find((l) => l) ??
+    "unknown error";
   return reason.trim();
 }
 
@@ -38,15 +39,28 @@ Deno.test({
   name: "the compiled binary runs decode on its embedded model from another working directory",
   ignore: skipReason !== undefined,
   async fn() {
-    const ref = JSON.parse(await Deno.readTextFile(`${ROOT}/fixtures/tiny-llama/reference.json`)).cases[0];
+    const ref =
+      JSON.parse(await Deno.readTextFile(`${ROOT}/fixtures/tiny-llama/reference.json`)).cases[0];
     const out = await new Deno.Command(binary, {
-      args: ["decode", "--prompt", ref.prompt, "--temperature", "0", "--max-new-tokens", "12", "--json"],
+      args: [
+        "decode",
+        "--prompt",
+        ref.prompt,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "12",
+        "--json",
+      ],
       cwd: outDir,
       stdout: "piped",
       stderr: "piped",
     }).output();
     assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-    assert.deepEqual(JSON.parse(new TextDecoder().decode(out.stdout)).tokens, ref.greedy_ids.slice(0, 12));
+    assert.deepEqual(
+      JSON.parse(new TextDecoder().decode(out.stdout)).tokens,
+      ref.greedy_ids.slice(0, 12),
+    );
     await Deno.remove(outDir, { recursive: true });
   },
 });

@@ -148,6 +148,8 @@ interface MatmulCase {
   chunkRows?: number;
   /** Extra floats per x row (a multiple of 4), NaN-filled. */
   xPad?: number;
+  /** x ~ U(-2 xScale, 2 xScale); small values make the RMSNorm epsilon matter. */
+  xScale?: number;
 }
 
 async function checkMatmul(c: MatmulCase) {
@@ -167,7 +169,7 @@ async function checkMatmul(c: MatmulCase) {
 
   const xStride = cols + (c.xPad ?? 0);
   const x = withHoles(
-    ref.randomF32(rng, n * xStride, -2, 2),
+    ref.randomF32(rng, n * xStride, -2 * (c.xScale ?? 1), 2 * (c.xScale ?? 1)),
     (i) => i % xStride >= cols || (c.lastOnly === true && Math.floor(i / xStride) < n - 1),
   );
   const yStride = rows + 3; // columns past `rows` must stay untouched
@@ -247,6 +249,8 @@ for (const dtype of DTYPES) {
 Deno.test("matmul over a weight split into several row chunks matches the CPU reference for every epilogue", async () => {
   const cases: MatmulCase[] = [
     { dtype: "F16", epilogue: "store", rows: 67, cols: 72, n: 1, norm: true, chunkRows: 5 },
+    // mean(x^2) ~ 1e-6, near eps = 1e-5: a misplaced epsilon shows.
+    { dtype: "F32", epilogue: "store", rows: 67, cols: 72, n: 5, norm: true, xScale: 1e-3 },
     { dtype: "F32", epilogue: "store", rows: 67, cols: 72, n: 13, softcap: 1.5, chunkRows: 5 },
     { dtype: "F32", epilogue: "add", rows: 67, cols: 200, n: 1, chunkRows: 5 },
     { dtype: "BF16", epilogue: "add", rows: 131, cols: 72, n: 5, norm: true, chunkRows: 64 },
@@ -514,12 +518,13 @@ Deno.test("rope_kv followed by attention in one pass matches the CPU reference o
 // --- add_rmsnorm -----------------------------------------------------------------------------
 
 Deno.test("add_rmsnorm with odd widths and token counts matches the CPU reference", async () => {
-  for (const [width, n] of [[67, 5], [131, 1], [9, 3], [333, 7]]) {
-    const label = `add_rmsnorm ${JSON.stringify({ width, n })}`;
+  // Amplitude 1e-3: mean(delta^2) ~ 3e-7, below eps = 1e-6, so the epsilon's placement shows.
+  for (const [width, n, amp] of [[67, 5, 3], [131, 1, 3], [9, 3, 3], [333, 7, 3], [67, 3, 1e-3]]) {
+    const label = `add_rmsnorm ${JSON.stringify({ width, n, amp })}`;
     const rng = ref.mulberry32(ref.seedFrom(label));
     const eps = 1e-6;
     const h0 = ref.randomF32(rng, (n + 1) * width, -4, 4); // row n must stay untouched
-    const delta = ref.randomF32(rng, n * width, -3, 3);
+    const delta = ref.randomF32(rng, n * width, -amp, amp);
     const gain = ref.randomF32(rng, width, 0.5, 1.5);
     await withBuffers(async (b) => {
       const h = b.upload(h0, "h");

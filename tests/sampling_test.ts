@@ -319,7 +319,7 @@ Deno.test("temperature 0 breaks ties toward the lowest id", async () => {
   const ties: [number, number[]][] = [
     [1000, [900, 17]], // in different invocations' chunks
     [1000, [5, 4]], // in the same chunk
-    [1000, [999, 512, 256]],
+    [1000, [999, 512, 256]], // chunks of lids 249, 128, 64: the tree meets 512 before 256
     [333, [332, 200, 2]],
     [3001, [3000, 2999, 1500]],
     [3001, [11, 12, 13]],
