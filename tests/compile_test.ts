@@ -16,12 +16,13 @@ async function build(): Promise<string | undefined> {
   const out = await new Deno.Command(Deno.execPath(), {
     args,
     cwd: ROOT,
+    env: { NO_COLOR: "1" },
     stdout: "piped",
     stderr: "piped",
   }).output();
   if (out.success) return undefined;
   const log = new TextDecoder().decode(out.stderr);
-  const lines = log.split("\n").map((l) => l.replace(/\x1b\[[0-9;]*m/g, "").trim());
+  const lines = log.split("\n").map((l) => l.trim());
   const reason = lines.filter((l) => /error/i.test(l)).pop() ?? lines.find((l) => l) ??
     "unknown error";
   return reason.trim();
