@@ -3,6 +3,7 @@ import { readU32, storageBuffer } from "../src/gpu/buffers.ts";
 import { openGpu } from "../src/gpu/device.ts";
 import { GREEDY, Recorder, sampleOp, type SamplingParams, STATE_BYTES } from "../src/gpu/ops.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
+import { mulberry32 } from "./reference/cpu_ops.ts";
 import {
   applyRepetitionPenalty,
   argmax,
@@ -23,21 +24,9 @@ function gpu() {
   return opened;
 }
 
-/** mulberry32: a small seeded PRNG, uniform in [0, 1). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** `count` logits ~ N(0, scale²) (Box-Muller), reproducible from `seed`. */
 function randomLogits(count: number, seed: number, scale = 1.5): Float32Array {
-  const random = prng(seed);
+  const random = mulberry32(seed);
   return Float32Array.from(
     { length: count },
     () => scale * Math.sqrt(-2 * Math.log(1 - random())) * Math.cos(2 * Math.PI * random()),

@@ -81,10 +81,6 @@ export function f32ToBf16Bits(x: number): number {
   return ((bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-export function bf16BitsToF32(bits: number): number {
-  return bitsF32((bits & 0xffff) << 16);
-}
-
 /** m rounded to an integer, ties to even. */
 function roundHalfEven(m: number): number {
   const floor = Math.floor(m);
@@ -117,14 +113,9 @@ export function f32ToF16Bits(x: number): number {
   return sign | ((e + 15) << 10) | mantissa;
 }
 
-export function f16BitsToF32(bits: number): number {
-  const sign = bits & 0x8000 ? -1 : 1;
-  const exponent = (bits >> 10) & 0x1f;
-  const fraction = bits & 0x3ff;
-  if (exponent === 0) return sign * fraction * 2 ** -24;
-  if (exponent === 31) return fraction ? NaN : sign * Infinity;
-  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
-}
+/** Decoding is the weight loader's own (exact widening); the encoders above are test-only. */
+import { bf16ToF32 as bf16BitsToF32, f16ToF32 as f16BitsToF32 } from "../../src/model/weights.ts";
+export { bf16BitsToF32, f16BitsToF32 };
 
 export const DTYPE_SIZE: Record<WeightDType, number> = { F32: 4, F16: 2, BF16: 2 };
 
