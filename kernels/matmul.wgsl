@@ -26,7 +26,7 @@ struct Params {
   softcap: f32,     // > 0: y = tanh(y / softcap) * softcap (EPILOGUE_STORE)
 }
 
-struct State { pos: u32, n: u32, out_index: u32, pad: u32 }
+#include "state.wgsl"
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> state: State;

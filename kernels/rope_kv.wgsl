@@ -13,7 +13,7 @@ struct Params {
   ctx: u32,        // cache capacity in positions
 }
 
-struct State { pos: u32, n: u32, out_index: u32, pad: u32 }
+#include "state.wgsl"
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> state: State;

@@ -24,7 +24,7 @@ struct Params {
   pad2: u32,
 }
 
-struct State { pos: u32, n: u32, out_index: u32, pad: u32 }
+#include "state.wgsl"
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> state: State;

@@ -10,6 +10,7 @@ import embed from "../../kernels/embed.wgsl" with { type: "text" };
 import matmul from "../../kernels/matmul.wgsl" with { type: "text" };
 import ropeKv from "../../kernels/rope_kv.wgsl" with { type: "text" };
 import sample from "../../kernels/sample.wgsl" with { type: "text" };
+import state from "../../kernels/state.wgsl" with { type: "text" };
 import weightDtype from "../../kernels/weight_dtype.wgsl" with { type: "text" };
 
 const SOURCES: Record<string, string> = {
@@ -19,6 +20,7 @@ const SOURCES: Record<string, string> = {
   "matmul.wgsl": matmul,
   "rope_kv.wgsl": ropeKv,
   "sample.wgsl": sample,
+  "state.wgsl": state,
   "weight_dtype.wgsl": weightDtype,
 };
 
