@@ -65,11 +65,6 @@ function f32Bits(x: number): number {
   return scratch.getUint32(0, true);
 }
 
-function bitsF32(bits: number): number {
-  scratch.setUint32(0, bits >>> 0, true);
-  return scratch.getFloat32(0, true);
-}
-
 /** x rounded to f32, then to bf16 (round to nearest, ties to even); NaN stays a quiet NaN. */
 export function f32ToBf16Bits(x: number): number {
   const bits = f32Bits(x);
