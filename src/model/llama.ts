@@ -6,6 +6,7 @@
  */
 import { attentionCore, embedding, gatedMlpUp, lmHead, projection } from "./blocks.ts";
 import type { BuildContext, Network } from "./model.ts";
+import { DTYPE_BYTES } from "./safetensors.ts";
 
 export async function buildLlama(b: BuildContext): Promise<Network> {
   const { cfg, weights, act } = b;
@@ -38,8 +39,6 @@ export async function buildLlama(b: BuildContext): Promise<Network> {
   }
   const finalNorm = await weights.vector("model.norm.weight", hidden);
   const head = await lmHead(b, table, finalNorm, 0);
-  const tableBytes = cfg.tieWordEmbeddings
-    ? 0
-    : table.rows * table.cols * (table.dtype === "F32" ? 4 : 2);
+  const tableBytes = cfg.tieWordEmbeddings ? 0 : table.rows * table.cols * DTYPE_BYTES[table.dtype];
   return { embed, layers, ...head, weightBytes: weights.bytesLoaded - tableBytes };
 }
