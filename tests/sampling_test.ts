@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { readU32, storageBuffer } from "../src/gpu/buffers.ts";
 import { openGpu } from "../src/gpu/device.ts";
+import { ABSENT } from "../src/generate/decode.ts";
 import { GREEDY, Recorder, sampleOp, type SamplingParams, STATE_BYTES } from "../src/gpu/ops.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
 import { mulberry32 } from "./reference/cpu_ops.ts";
@@ -45,6 +46,7 @@ interface Run {
   sampling: SamplingParams;
   /** Draws recorded into one command buffer. */
   count: number;
+  /** Flags: 1 for tokens in the context. */
   presence?: Uint32Array;
   markPresence?: boolean;
   /** Initial { pos, n, out_index, pad }. */
@@ -52,6 +54,13 @@ interface Run {
 }
 
 const UNWRITTEN = 0xffffffff;
+
+/** The GPU's presence buffer for context flags: position 0 for flagged tokens, else ABSENT. */
+function presencePositions(flags: Uint32Array | undefined, vocab: number): Uint32Array<ArrayBuffer> {
+  return flags
+    ? Uint32Array.from(flags, (f) => f ? 0 : ABSENT)
+    : new Uint32Array(vocab).fill(ABSENT);
+}
 
 /** Records `count` sampler dispatches in one pass and reads back every buffer it writes. */
 async function runSampler(r: Run) {
@@ -65,11 +74,7 @@ async function runSampler(r: Run) {
   const outTokens = storageBuffer(device, outLength * 4, "out_tokens");
   device.queue.writeBuffer(state, 0, initial);
   device.queue.writeBuffer(logits, 0, new Float32Array(r.logits));
-  device.queue.writeBuffer(
-    presence,
-    0,
-    r.presence ? new Uint32Array(r.presence) : new Uint32Array(r.vocab),
-  );
+  device.queue.writeBuffer(presence, 0, presencePositions(r.presence, r.vocab));
   device.queue.writeBuffer(ids, 0, new Uint32Array([UNWRITTEN]));
   device.queue.writeBuffer(outTokens, 0, new Uint32Array(outLength).fill(UNWRITTEN));
   const op = sampleOp({ device, pipelines, state }, {
@@ -414,7 +419,7 @@ Deno.test("the chi-squared check has power: it rejects draws from a different di
   assert.ok(noTopP.pValue < 1e-6, `p ${noTopP.pValue}`);
 });
 
-Deno.test("markPresence sets the chosen token's presence flag and the state advances", async () => {
+Deno.test("markPresence records the first position of each chosen token and the state advances", async () => {
   const vocab = 1000;
   const logits = randomLogits(vocab, 51, 1);
   for (const s of [sampling({ seed: 9 }), GREEDY]) {
@@ -424,9 +429,10 @@ Deno.test("markPresence sets the chosen token's presence flag and the state adva
     assert.deepEqual([...r.outTokens.slice(0, 2)], [UNWRITTEN, UNWRITTEN]);
     assert.ok(r.tokens.every((t) => t < vocab));
     assert.equal(r.ids[0], r.tokens[2]);
-    const flagged = [...r.presence.keys()].filter((i) => r.presence[i] !== 0);
-    assert.deepEqual(flagged, [...new Set(r.tokens)].sort((a, b) => a - b));
-    assert.ok(r.presence.every((f) => f === 0 || f === 1));
+    // Each chosen token is marked with the position of its first occurrence: 10, 11, 12.
+    const expected = new Uint32Array(vocab).fill(ABSENT);
+    r.tokens.forEach((t, i) => expected[t] = Math.min(expected[t], 10 + i));
+    assert.deepEqual(r.presence, expected);
   }
   // markPresence: false leaves the presence flags as they were.
   const presence = presenceOf(logits, 4, 0);
@@ -438,7 +444,7 @@ Deno.test("markPresence sets the chosen token's presence flag and the state adva
     presence,
     markPresence: false,
   });
-  assert.deepEqual(r.presence, presence);
+  assert.deepEqual(r.presence, presencePositions(presence, vocab));
   assert.deepEqual(r.state, [3, 1, 3, 0]);
   assert.equal(r.ids[0], r.tokens[2]);
 });

@@ -48,6 +48,36 @@ export interface GenerationResult {
 
 export const DEFAULT_CHUNK = 16;
 
+/** No occurrence in `presence` (kernels/logits_processing.wgsl). */
+export const ABSENT = 0xffffffff;
+
+/** presence[t]: the first position of token t in `tokens`, or ABSENT. */
+export function initialPresence(tokens: number[], vocab: number): Uint32Array<ArrayBuffer> {
+  const presence = new Uint32Array(vocab).fill(ABSENT);
+  tokens.forEach((id, position) => {
+    if (id < vocab && presence[id] === ABSENT) presence[id] = position;
+  });
+  return presence;
+}
+
+/**
+ * Runs every maxBatch-sized chunk of `tokens` but the last through the model (K/V only, no
+ * logits) and returns where the last chunk starts; the caller runs that one with what it needs.
+ */
+export function prefill(model: Model, tokens: number[], skip: SkipSet): number {
+  const maxBatch = model.act.maxBatch;
+  let start = 0;
+  for (; start + maxBatch < tokens.length; start += maxBatch) {
+    model.writeInput(tokens.slice(start, start + maxBatch), start);
+    const encoder = model.device.createCommandEncoder();
+    const rec = new Recorder(encoder.beginComputePass());
+    model.recordForward(rec, maxBatch, skip, "none");
+    rec.pass.end();
+    model.device.queue.submit([encoder.finish()]);
+  }
+  return start;
+}
+
 export async function decode(
   model: Model,
   prompt: number[],
@@ -65,8 +95,7 @@ export async function decode(
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
   const stop = new Set(opts.stopTokens);
 
-  const presence = new Uint32Array(cfg.vocabSize);
-  for (const id of prompt) if (id < cfg.vocabSize) presence[id] = 1;
+  const presence = initialPresence(prompt, cfg.vocabSize);
   const presenceBuffer = storageBuffer(device, presence.byteLength, "presence");
   device.queue.writeBuffer(presenceBuffer, 0, presence);
   const outTokens = storageBuffer(device, (budget + chunkSize) * 4, "out_tokens");
@@ -104,27 +133,14 @@ export async function decode(
 
   // Prefill in chunks of maxBatch; the last chunk's last logits choose the first token.
   const start = performance.now();
-  const maxBatch = model.act.maxBatch;
-  let firstIds: number[] = [];
-  for (let s = 0; s < prompt.length; s += maxBatch) {
-    const chunk = prompt.slice(s, s + maxBatch);
-    const last = s + maxBatch >= prompt.length;
-    model.writeInput(chunk, s);
-    if (!last) {
-      const encoder = device.createCommandEncoder();
-      const rec = new Recorder(encoder.beginComputePass());
-      model.recordForward(rec, chunk.length, opts.skip, "none");
-      rec.pass.end();
-      device.queue.submit([encoder.finish()]);
-      continue;
-    }
-    firstIds = await readTokens(0, 1, (encoder) => {
-      const rec = new Recorder(encoder.beginComputePass());
-      model.recordForward(rec, chunk.length, opts.skip, "last");
-      sample.record(rec, 1);
-      rec.pass.end();
-    });
-  }
+  const lastChunk = prefill(model, prompt, opts.skip);
+  model.writeInput(prompt.slice(lastChunk), lastChunk);
+  const firstIds = await readTokens(0, 1, (encoder) => {
+    const rec = new Recorder(encoder.beginComputePass());
+    model.recordForward(rec, prompt.length - lastChunk, opts.skip, "last");
+    sample.record(rec, 1);
+    rec.pass.end();
+  });
   const prefillMs = performance.now() - start;
   const tokens: number[] = [firstIds[0]];
   opts.onTokens?.(tokens.slice());

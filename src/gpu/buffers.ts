@@ -32,18 +32,21 @@ export function uniformBuffer(device: GPUDevice, fields: Field[], label: string)
   return buffer;
 }
 
-/** Reads `bytes` from `source` at `offset` (one round trip: costs >= 10 ms in Deno 2.9). */
+/**
+ * Reads `bytes` from `source` at `offset` (one round trip: costs >= 10 ms in Deno 2.9). With
+ * `encoder`, the copy is appended to that encoder's work, which is submitted with it.
+ */
 export async function readBuffer(
   device: GPUDevice,
   source: GPUBuffer,
   bytes: number,
   offset = 0,
+  encoder = device.createCommandEncoder(),
 ): Promise<ArrayBuffer> {
   const staging = device.createBuffer({
     size: align4(bytes),
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
-  const encoder = device.createCommandEncoder();
   encoder.copyBufferToBuffer(source, offset, staging, 0, align4(bytes));
   device.queue.submit([encoder.finish()]);
   await staging.mapAsync(GPUMapMode.READ);

@@ -48,7 +48,7 @@ export interface Op {
 }
 
 /** One bind group per pipeline variant, made on first use. */
-class Bound {
+export class Bound {
   #groups = new Map<GPUComputePipeline, GPUBindGroup>();
   constructor(private ctx: OpContext, private kernel: KernelName, private resources: GPUBuffer[]) {}
   get(defines: Defines): [GPUComputePipeline, GPUBindGroup] {

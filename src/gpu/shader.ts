@@ -6,25 +6,44 @@
  */
 import addRmsnorm from "../../kernels/add_rmsnorm.wgsl" with { type: "text" };
 import attention from "../../kernels/attention.wgsl" with { type: "text" };
+import draftSample from "../../kernels/draft_sample.wgsl" with { type: "text" };
 import embed from "../../kernels/embed.wgsl" with { type: "text" };
+import logitsProcessing from "../../kernels/logits_processing.wgsl" with { type: "text" };
 import matmul from "../../kernels/matmul.wgsl" with { type: "text" };
 import ropeKv from "../../kernels/rope_kv.wgsl" with { type: "text" };
 import sample from "../../kernels/sample.wgsl" with { type: "text" };
+import speculation from "../../kernels/speculation.wgsl" with { type: "text" };
 import state from "../../kernels/state.wgsl" with { type: "text" };
+import verify from "../../kernels/verify.wgsl" with { type: "text" };
+import verifyBegin from "../../kernels/verify_begin.wgsl" with { type: "text" };
 import weightDtype from "../../kernels/weight_dtype.wgsl" with { type: "text" };
 
 const SOURCES: Record<string, string> = {
   "add_rmsnorm.wgsl": addRmsnorm,
   "attention.wgsl": attention,
+  "draft_sample.wgsl": draftSample,
   "embed.wgsl": embed,
+  "logits_processing.wgsl": logitsProcessing,
   "matmul.wgsl": matmul,
   "rope_kv.wgsl": ropeKv,
   "sample.wgsl": sample,
+  "speculation.wgsl": speculation,
   "state.wgsl": state,
+  "verify.wgsl": verify,
+  "verify_begin.wgsl": verifyBegin,
   "weight_dtype.wgsl": weightDtype,
 };
 
-export type KernelName = "add_rmsnorm" | "attention" | "embed" | "matmul" | "rope_kv" | "sample";
+export type KernelName =
+  | "add_rmsnorm"
+  | "attention"
+  | "draft_sample"
+  | "embed"
+  | "matmul"
+  | "rope_kv"
+  | "sample"
+  | "verify"
+  | "verify_begin";
 /** Flags (true: defined) and numeric constants (emitted as `const NAME: u32`). */
 export type Defines = Record<string, boolean | number>;
 
