@@ -4,10 +4,18 @@
  */
 import { BENCH_SUMMARY, runBench } from "./src/cli/bench.ts";
 import { DECODE_SUMMARY, runDecode } from "./src/cli/decode.ts";
+import {
+  runSelfSpeculate,
+  runSpeculate,
+  SELF_SPECULATE_SUMMARY,
+  SPECULATE_SUMMARY,
+} from "./src/cli/speculate.ts";
 import { ExitCode, SkipspecError, UsageError } from "./src/errors.ts";
 
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   decode: { summary: DECODE_SUMMARY, run: runDecode },
+  speculate: { summary: SPECULATE_SUMMARY, run: runSpeculate },
+  "self-speculate": { summary: SELF_SPECULATE_SUMMARY, run: runSelfSpeculate },
   bench: { summary: BENCH_SUMMARY, run: runBench },
 };
 

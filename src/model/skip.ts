@@ -2,6 +2,16 @@
 import { InputError } from "../errors.ts";
 import type { SkipSet } from "./model.ts";
 
+/** Where tune-skip writes a model's skip set and self-speculate looks for it. */
+export function defaultSkipSetPath(modelDir: string): string {
+  return `${modelDir}/skip.json`;
+}
+
+/** Sub-layers a skip set skips. */
+export function skipCount(skip: SkipSet): number {
+  return skip.attn.length + skip.mlp.length;
+}
+
 /** Parses and validates a skip set for a model of `numLayers` layers. */
 export function parseSkipSet(text: string, numLayers: number, source = "skip set"): SkipSet {
   let raw: unknown;
