@@ -58,14 +58,10 @@ var<private> q_base: u32;
 
 fn token_weight(i: u32) -> f32 {
   let p = kept_weight(row, keep, i);
-#if NEGATIVE_CONTROL_RESAMPLE_FROM_P
-  return p;
-#else
   if (!weight_residual) {
     return p;
   }
   return max(0.0, p / keep.mass - draft_q[q_base + i]);
-#endif
 }
 
 @compute @workgroup_size(WG)
@@ -101,7 +97,11 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
         accepted++;
         continue;
       }
+#if NEGATIVE_CONTROL_RESAMPLE_FROM_P
+      weight_residual = false;
+#else
       weight_residual = true;
+#endif
       q_base = r * params.vocab;
     }
     token = pick(random01(STREAM_CORRECT, round, base + r + 1u), lid);
@@ -171,7 +171,9 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
   ids[0] = token;
 #if SEPARATE_DRAFT
   state.n = 0u;  // verify_begin sets the target's input
-  if (accepted == k && k > 0u) {  // the draft never saw d_k: feed [d_k, token]
+  if (k == 0u) {  // the draft did not run this round (no room to draft): its cache is as it was
+    draft_state.n = 0u;
+  } else if (accepted == k) {  // the draft never saw d_k: feed [d_k, token]
     draft_state.pos = next_pos - 1u;
     draft_state.n = select(0u, 2u, drafting);
     draft_ids[0] = spec.tokens[k];

@@ -4,70 +4,15 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
-const FIXTURE = new URL("../fixtures/tiny-llama", import.meta.url).pathname;
-const GEMMA = new URL("../fixtures/tiny-gemma2", import.meta.url).pathname;
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function skipspec(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-read", "--allow-env", MAIN, ...args],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-    stdin: "null",
-  }).spawn();
-  const timer = setTimeout(() => child.kill(), 120_000); // a hang fails the test instead of CI
-  const out = await child.output();
-  clearTimeout(timer);
-  const decoder = new TextDecoder();
-  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
-}
-
-/** stderr minus Deno's harmless XDG_RUNTIME_DIR notice. */
-function errorLines(r: Run): string[] {
-  return r.stderr.split("\n").filter((l) => l.trim() && !l.includes("XDG_RUNTIME_DIR"));
-}
-
-function assertOneLineError(r: Run, code: number, pattern: RegExp) {
-  const lines = errorLines(r);
-  assert.equal(r.code, code, `exit code; stderr: ${r.stderr}`);
-  assert.equal(lines.length, 1, `one line expected, got:\n${lines.join("\n")}`);
-  assert.match(lines[0], /^skipspec: /);
-  assert.match(lines[0], pattern);
-  assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
-}
-
-/** A copy of a fixture model folder with some files replaced, in a temporary directory. */
-async function modelWith(
-  base: string,
-  replace: Record<string, string | Uint8Array>,
-): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix: "skipspec-model-" });
-  for (const entry of Deno.readDirSync(base)) {
-    await Deno.copyFile(join(base, entry.name), join(dir, entry.name));
-  }
-  for (const [name, content] of Object.entries(replace)) {
-    if (typeof content === "string") await Deno.writeTextFile(join(dir, name), content);
-    else await Deno.writeFile(join(dir, name), content);
-  }
-  return dir;
-}
-
-async function editedConfig(
-  base: string,
-  edit: (c: Record<string, unknown>) => void,
-): Promise<string> {
-  const config = JSON.parse(await Deno.readTextFile(join(base, "config.json")));
-  edit(config);
-  return JSON.stringify(config);
-}
+import {
+  assertOneLineError,
+  editedConfig,
+  errorLines,
+  FIXTURE,
+  GEMMA,
+  modelWith,
+  skipspec,
+} from "./helpers/cli.ts";
 
 Deno.test("skipspec --help lists the commands and exit codes; decode --help lists every flag with its default", async () => {
   const top = await skipspec(["--help"]);

@@ -56,7 +56,10 @@ interface Run {
 const UNWRITTEN = 0xffffffff;
 
 /** The GPU's presence buffer for context flags: position 0 for flagged tokens, else ABSENT. */
-function presencePositions(flags: Uint32Array | undefined, vocab: number): Uint32Array<ArrayBuffer> {
+function presencePositions(
+  flags: Uint32Array | undefined,
+  vocab: number,
+): Uint32Array<ArrayBuffer> {
   return flags
     ? Uint32Array.from(flags, (f) => f ? 0 : ABSENT)
     : new Uint32Array(vocab).fill(ABSENT);
