@@ -1,8 +1,8 @@
 // One draft step's token choice, after the draft forward left its logits in row 0: picks the draft
 // token (the argmax when greedy, a sample of q otherwise, q processed exactly like the target's p),
 // records it and q(d), and decides on the GPU whether drafting goes on. Drafting stops when
-// q(d) < gamma (adaptive draft exit), at draft_max, when one more draft could not be emitted within
-// the budget, or after a stop token; stopping sets the draft's state.n = 0, which turns the rest of
+// q(d) < gamma (adaptive draft exit), at draft_max (or the steps the host recorded), when one more
+// draft could not be emitted within the budget, or after a stop token; stopping sets the draft's state.n = 0, which turns the rest of
 // the round's recorded draft steps into no-ops. Under sampling the whole row q is kept for the
 // verifier's residual max(0, p - q).
 // One workgroup of WG invocations; a no-op unless this round is drafting.
@@ -61,7 +61,8 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
     state.n = 1u;
     // A round emits at most drafted + 1 tokens: keep one for the target's own token.
     let room = spec.budget - spec.emitted - 1u;
-    if (prob < spec.gamma || i + 1u >= params.draft_max || i + 1u >= room || is_stop(token)) {
+    let last_step = i + 1u >= params.draft_max || i + 1u >= spec.step_cap;
+    if (prob < spec.gamma || last_step || i + 1u >= room || is_stop(token)) {
       spec.drafting = 0u;
       state.n = 0u;
     }

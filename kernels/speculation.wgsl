@@ -18,7 +18,7 @@ struct Speculation {
   accepted_total: u32,
   gamma: f32,           // draft-exit threshold on the draft token's probability
   acceptance: f32,      // EMA of the per-round acceptance rate (the controller's AR)
-  pad: u32,
+  step_cap: u32,        // draft steps recorded per round (<= draft_max), set by the host
   tokens: array<u32, 33>,      // (MAX_DRAFT + 1) [x_P, d_1 .. d_k]
   draft_prob: array<f32, 32>,  // (MAX_DRAFT) q(d_i) under the draft
 }

@@ -208,6 +208,7 @@ export async function speculate(
   setU32(SPEC.budget, budget);
   spec.setFloat32(SPEC.gamma * 4, gamma0, true);
   setU32(SPEC.tokens, last);
+  setU32(SPEC.stepCap, draftMax);
   device.queue.writeBuffer(buffers.spec, 0, spec.buffer);
   device.queue.writeBuffer(buffers.presence, 0, initialPresence(prompt, cfg.vocabSize));
   // Both states: { pos: P, n: 1 while drafting } with x_P as the draft's first input.
@@ -222,18 +223,23 @@ export async function speculate(
   let dispatches = 0;
   let readbacks = 0;
   let recorded = 0;
+  // Draft steps recorded per round: a stopped draft's remaining steps still cost their dispatch
+  // overhead, so record one more step than recent rounds used (up to draft-max); a round that
+  // drafts up to the cap raises it for the next command buffer.
+  let stepCap = draftMax;
   const recordRound = (rec: Recorder) => {
-    for (let i = 0; i < draftMax; i++) {
+    for (let i = 0; i < stepCap; i++) {
       // A separate draft's first step may take two tokens ([d_k, bonus] after a full acceptance).
       draftModel.recordForward(rec, separate && i === 0 ? 2 : 1, draftSkip, "last");
       draftSample.record(rec, 1);
     }
     verifyBegin.record(rec, 1);
-    target.recordForward(rec, draftMax + 1, NO_SKIP, "all");
+    target.recordForward(rec, stepCap + 1, NO_SKIP, "all");
     verify.record(rec, 1);
   };
   const submit = async (): Promise<{ first: number; log: Uint32Array }> => {
     const first = recorded;
+    device.queue.writeBuffer(buffers.spec, SPEC.stepCap * 4, new Uint32Array([stepCap]));
     const encoder = device.createCommandEncoder();
     const rec = new Recorder(encoder.beginComputePass());
     for (let r = 0; r < perReadback; r++) recordRound(rec);
@@ -259,6 +265,7 @@ export async function speculate(
     while (inflight.length < 2) inflight.push(submit());
     const { first, log } = await inflight.shift()!;
     const f32 = new Float32Array(log.buffer);
+    let longest = 0;
     for (let r = 0; r < perReadback && !finished; r++) {
       const at = r * ROUND_LOG.words;
       if (log[at + ROUND_LOG.round] !== first + r) {
@@ -272,6 +279,7 @@ export async function speculate(
         emitted: count,
         gamma: f32[at + ROUND_LOG.gamma],
       });
+      longest = Math.max(longest, log[at + ROUND_LOG.drafted]);
       tokens.push(...fresh);
       opts.onTokens?.(fresh);
       if (log[at + ROUND_LOG.done]) {
@@ -279,6 +287,7 @@ export async function speculate(
         if (stop.has(tokens[tokens.length - 1])) stopReason = "stop-token";
       }
     }
+    stepCap = Math.min(draftMax, longest + 1);
     if (!finished && opts.shouldStop?.()) {
       stopReason = "interrupted";
       finished = true;

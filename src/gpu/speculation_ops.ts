@@ -24,6 +24,7 @@ export const SPEC = {
   acceptedTotal: 8,
   gamma: 9,
   acceptance: 10,
+  stepCap: 11,
   tokens: 12,
   draftProb: 12 + MAX_DRAFT + 1,
   words: 12 + 2 * MAX_DRAFT + 1,
