@@ -50,6 +50,8 @@ export interface SpeculateOptions {
   /** The controller's target acceptance rate alpha. */
   targetAcceptance?: number;
   roundsPerReadback?: number;
+  /** Command buffers submitted ahead of the one being read. */
+  inflight?: number;
   onTokens?: (ids: number[]) => void;
   shouldStop?: () => boolean;
   /** Test only: replace rejected drafts by a sample of p instead of the residual (wrong). */
@@ -87,6 +89,7 @@ export interface SpeculationResult {
 export const DEFAULT_DRAFT_MAX = 8;
 export const DEFAULT_TARGET_ACCEPTANCE = 0.9;
 export const DEFAULT_ROUNDS_PER_READBACK = 2;
+export const DEFAULT_INFLIGHT = 2;
 
 export function defaultDraftThreshold(sampling: SamplingParams): number {
   return sampling.temperature > 0 ? 0.5 : 0.8;
@@ -163,7 +166,7 @@ export async function speculate(
   const draftSkip = opts.draft.kind === "self" ? opts.draft.skip : NO_SKIP;
   const budget = Math.min(opts.maxNewTokens, contextLength - prompt.length);
   const perReadback = opts.roundsPerReadback ?? DEFAULT_ROUNDS_PER_READBACK;
-  const logCapacity = 2 * perReadback;
+  const logCapacity = (opts.inflight ?? DEFAULT_INFLIGHT) * perReadback;
   const gamma0 = opts.draftThreshold ?? defaultDraftThreshold(opts.sampling);
 
   const buffers = allocateSpecBuffers(device, {
@@ -262,7 +265,7 @@ export async function speculate(
   const inflight: Promise<{ first: number; log: Uint32Array }>[] = [];
   const roundsStart = performance.now();
   while (!finished) {
-    while (inflight.length < 2) inflight.push(submit());
+    while (inflight.length < (opts.inflight ?? DEFAULT_INFLIGHT)) inflight.push(submit());
     const { first, log } = await inflight.shift()!;
     const f32 = new Float32Array(log.buffer);
     let longest = 0;
