@@ -79,14 +79,30 @@ fn order_key(f: f32) -> u32 {
   return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
 
+// Workgroup reductions in two levels (WG partials -> GROUPS sums -> 1): three barriers instead
+// of a log2(WG)-level tree, because each barrier is costly on CPU Vulkan drivers (lavapipe).
+const GROUPS: u32 = 16u;
+var<workgroup> group_partial: array<f32, GROUPS>;
+var<workgroup> group_index: array<u32, GROUPS>;
+
 fn reduce_sum(v: f32, lid: u32) -> f32 {
   workgroupBarrier();
   scratch[lid] = v;
-  for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-    workgroupBarrier();
-    if (lid < stride) {
-      scratch[lid] += scratch[lid + stride];
+  workgroupBarrier();
+  if (lid < GROUPS) {
+    var total = 0.0;
+    for (var j = lid; j < WG; j += GROUPS) {
+      total += scratch[j];
     }
+    group_partial[lid] = total;
+  }
+  workgroupBarrier();
+  if (lid == 0u) {
+    var total = 0.0;
+    for (var j = 0u; j < GROUPS; j++) {
+      total += group_partial[j];
+    }
+    scratch[0] = total;
   }
   return workgroupUniformLoad(&scratch[0]);
 }
@@ -94,13 +110,28 @@ fn reduce_sum(v: f32, lid: u32) -> f32 {
 fn reduce_max(v: f32, lid: u32) -> f32 {
   workgroupBarrier();
   scratch[lid] = v;
-  for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-    workgroupBarrier();
-    if (lid < stride) {
-      scratch[lid] = max(scratch[lid], scratch[lid + stride]);
+  workgroupBarrier();
+  if (lid < GROUPS) {
+    var best = -3.4e38;
+    for (var j = lid; j < WG; j += GROUPS) {
+      best = max(best, scratch[j]);
     }
+    group_partial[lid] = best;
+  }
+  workgroupBarrier();
+  if (lid == 0u) {
+    var best = -3.4e38;
+    for (var j = 0u; j < GROUPS; j++) {
+      best = max(best, group_partial[j]);
+    }
+    scratch[0] = best;
   }
   return workgroupUniformLoad(&scratch[0]);
+}
+
+/** Whether (value a, id a) beats (value b, id b): larger value, then lower id; ABSENT loses. */
+fn beats(a: f32, a_id: u32, b: f32, b_id: u32) -> bool {
+  return a_id != ABSENT && (b_id == ABSENT || a > b || (a == b && a_id < b_id));
 }
 
 /** The id of the largest processed logit, lowest id on ties. */
@@ -117,16 +148,30 @@ fn argmax_token(row: Row, lid: u32) -> u32 {
   workgroupBarrier();
   scratch[lid] = best;
   scratch_index[lid] = best_id;
-  for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-    workgroupBarrier();
-    if (lid < stride) {
-      let other = scratch[lid + stride];
-      let other_id = scratch_index[lid + stride];
-      if (other_id != ABSENT && (other > scratch[lid] || (other == scratch[lid] && other_id < scratch_index[lid]) || scratch_index[lid] == ABSENT)) {
-        scratch[lid] = other;
-        scratch_index[lid] = other_id;
+  workgroupBarrier();
+  if (lid < GROUPS) {
+    var group_best = -3.4e38;
+    var group_best_id = ABSENT;
+    for (var j = lid; j < WG; j += GROUPS) {
+      if (beats(scratch[j], scratch_index[j], group_best, group_best_id)) {
+        group_best = scratch[j];
+        group_best_id = scratch_index[j];
       }
     }
+    group_partial[lid] = group_best;
+    group_index[lid] = group_best_id;
+  }
+  workgroupBarrier();
+  if (lid == 0u) {
+    var winner = ABSENT;
+    var winner_value = -3.4e38;
+    for (var j = 0u; j < GROUPS; j++) {
+      if (beats(group_partial[j], group_index[j], winner_value, winner)) {
+        winner_value = group_partial[j];
+        winner = group_index[j];
+      }
+    }
+    scratch_index[0] = winner;
   }
   return workgroupUniformLoad(&scratch_index[0]);
 }
