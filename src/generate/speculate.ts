@@ -8,9 +8,9 @@
  * draft sets its state.n = 0, so the remaining recorded steps do nothing), verify_begin (the
  * target's input becomes [x_P, d_1..d_k]), one target forward over those k + 1 tokens, and verify
  * (accept a prefix, emit the target's token, roll back by setting the cache length, update the
- * threshold controller, set up the next round). `roundsPerReadback` rounds go into one command
- * buffer whose round-log slots come back in one readback, and the next command buffer is
- * submitted before the previous one is read. Rounds after the end of generation are no-ops.
+ * threshold controller, set up the next round). Up to `roundsPerReadback` rounds, as many as
+ * the remaining budget needs at the mean tokens per round, go into one command buffer whose
+ * round-log slots come back in one readback. Rounds after the end of generation are no-ops.
  */
 import { InputError } from "../errors.ts";
 import { readBuffer } from "../gpu/buffers.ts";
@@ -49,9 +49,8 @@ export interface SpeculateOptions {
   adaptive?: boolean;
   /** The controller's target acceptance rate alpha. */
   targetAcceptance?: number;
+  /** Most rounds per command buffer (and readback). */
   roundsPerReadback?: number;
-  /** Command buffers submitted ahead of the one being read. */
-  inflight?: number;
   onTokens?: (ids: number[]) => void;
   shouldStop?: () => boolean;
   /** Test only: replace rejected drafts by a sample of p instead of the residual (wrong). */
@@ -88,8 +87,7 @@ export interface SpeculationResult {
 
 export const DEFAULT_DRAFT_MAX = 8;
 export const DEFAULT_TARGET_ACCEPTANCE = 0.9;
-export const DEFAULT_ROUNDS_PER_READBACK = 2;
-export const DEFAULT_INFLIGHT = 2;
+export const DEFAULT_ROUNDS_PER_READBACK = 8;
 
 export function defaultDraftThreshold(sampling: SamplingParams): number {
   return sampling.temperature > 0 ? 0.5 : 0.8;
@@ -165,8 +163,8 @@ export async function speculate(
   const draftModel = separate ?? target;
   const draftSkip = opts.draft.kind === "self" ? opts.draft.skip : NO_SKIP;
   const budget = Math.min(opts.maxNewTokens, contextLength - prompt.length);
-  const perReadback = opts.roundsPerReadback ?? DEFAULT_ROUNDS_PER_READBACK;
-  const logCapacity = (opts.inflight ?? DEFAULT_INFLIGHT) * perReadback;
+  const maxRounds = opts.roundsPerReadback ?? DEFAULT_ROUNDS_PER_READBACK;
+  const logCapacity = maxRounds;
   const gamma0 = opts.draftThreshold ?? defaultDraftThreshold(opts.sampling);
 
   const buffers = allocateSpecBuffers(device, {
@@ -225,7 +223,6 @@ export async function speculate(
   // Rounds.
   let dispatches = 0;
   let readbacks = 0;
-  let recorded = 0;
   // Draft steps recorded per round: a stopped draft's remaining steps still cost their dispatch
   // overhead, so record one more step than recent rounds used (up to draft-max); a round that
   // drafts up to the cap raises it for the next command buffer.
@@ -240,21 +237,21 @@ export async function speculate(
     target.recordForward(rec, stepCap + 1, NO_SKIP, "all");
     verify.record(rec, 1);
   };
-  const submit = async (): Promise<{ first: number; log: Uint32Array }> => {
-    const first = recorded;
+  // One command buffer of rounds, its round-log slots read back at its end. Deno's mapAsync
+  // waits for the whole queue to drain and then sleeps ~10 ms, so a second command buffer in
+  // flight would overlap nothing; instead each one holds enough rounds for the tokens still to
+  // come (at the mean tokens per round so far), up to maxRounds.
+  const submit = async (count: number): Promise<Uint32Array> => {
     device.queue.writeBuffer(buffers.spec, SPEC.stepCap * 4, new Uint32Array([stepCap]));
     const encoder = device.createCommandEncoder();
     const rec = new Recorder(encoder.beginComputePass());
-    for (let r = 0; r < perReadback; r++) recordRound(rec);
+    for (let r = 0; r < count; r++) recordRound(rec);
     rec.pass.end();
     dispatches += rec.dispatches;
-    recorded += perReadback;
     readbacks++;
-    const slot = first % logCapacity;
-    const bytes = perReadback * ROUND_LOG.words * 4;
-    const offset = slot * ROUND_LOG.words * 4;
-    const data = await readBuffer(device, buffers.roundLog, bytes, offset, encoder);
-    return { first, log: new Uint32Array(data) };
+    const offset = (rounds.length % logCapacity) * ROUND_LOG.words * 4;
+    const bytes = count * ROUND_LOG.words * 4;
+    return new Uint32Array(await readBuffer(device, buffers.roundLog, bytes, offset, encoder));
   };
 
   const tokens: number[] = [];
@@ -262,14 +259,17 @@ export async function speculate(
   const stop = new Set(opts.stopTokens);
   let stopReason: GenerationStats["stopReason"] = "max-new-tokens";
   let finished = false;
-  const inflight: Promise<{ first: number; log: Uint32Array }>[] = [];
   const roundsStart = performance.now();
   while (!finished) {
-    while (inflight.length < (opts.inflight ?? DEFAULT_INFLIGHT)) inflight.push(submit());
-    const { first, log } = await inflight.shift()!;
+    const perRound = rounds.length ? tokens.length / rounds.length : 2;
+    const wanted = Math.ceil((budget - tokens.length) / perRound);
+    const slotsLeft = logCapacity - rounds.length % logCapacity; // slots are not wrapped
+    const batch = Math.max(1, Math.min(maxRounds, wanted, slotsLeft));
+    const first = rounds.length;
+    const log = await submit(batch);
     const f32 = new Float32Array(log.buffer);
     let longest = 0;
-    for (let r = 0; r < perReadback && !finished; r++) {
+    for (let r = 0; r < batch && !finished; r++) {
       const at = r * ROUND_LOG.words;
       if (log[at + ROUND_LOG.round] !== first + r) {
         throw new Error(`round ${first + r} did not run though generation had not ended`);
@@ -296,7 +296,6 @@ export async function speculate(
       finished = true;
     }
   }
-  await Promise.allSettled(inflight); // rounds past the end did nothing: discard
   throwIfGpuError();
   const decodeMs = performance.now() - roundsStart;
   if (stopReason === "max-new-tokens" && budget < opts.maxNewTokens) stopReason = "context-full";
