@@ -29,6 +29,10 @@ struct Filter {
   mass: f32,  // sum of exp(l - m) over the kept tokens
 }
 
+/** The row being processed and what its filter keeps (set by the kernel; `token_weight` reads them). */
+var<private> row: Row;
+var<private> keep: Filter;
+
 var<workgroup> scratch: array<f32, WG>;
 var<workgroup> scratch_index: array<u32, WG>;
 var<workgroup> pick_owner: u32;

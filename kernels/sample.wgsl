@@ -31,8 +31,6 @@ struct Params {
 
 #include "logits_processing.wgsl"
 
-var<private> row: Row;
-var<private> keep: Filter;
 
 fn token_weight(i: u32) -> f32 {
   return kept_weight(row, keep, i);

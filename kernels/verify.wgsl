@@ -51,8 +51,6 @@ struct RoundLog {
 
 #include "logits_processing.wgsl"
 
-var<private> row: Row;
-var<private> keep: Filter;
 var<private> weight_residual: bool;  // token_weight: false -> p, true -> max(0, p - q)
 var<private> q_base: u32;
 

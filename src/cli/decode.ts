@@ -1,8 +1,7 @@
 /** `skipspec decode`: plain autoregressive generation, text streamed to stdout, stats to stderr. */
 import { decode, type GenerationStats } from "../generate/decode.ts";
-import { TextStreamer } from "../model/tokenizer.ts";
 import { helpText, parseFlags } from "./flags.ts";
-import { GENERATION_FLAGS, openSession } from "./session.ts";
+import { GENERATION_FLAGS, openSession, stdoutText, untilInterrupted } from "./session.ts";
 
 export const DECODE_SUMMARY = "Generate text token by token (greedy or sampled), on the GPU.";
 
@@ -13,41 +12,34 @@ export async function runDecode(argv: string[]): Promise<number> {
     return 0;
   }
   const s = await openSession(flags);
-  const out = new TextStreamer(s.tokenizer);
-  const write = (text: string) => text && Deno.stdout.writeSync(new TextEncoder().encode(text));
-  let interrupted = false;
-  const onInterrupt = () => (interrupted = true);
-  Deno.addSignalListener("SIGINT", onInterrupt);
-  try {
-    const result = await decode(s.model, s.promptIds, {
+  const out = stdoutText(s.tokenizer);
+  const result = await untilInterrupted((shouldStop) =>
+    decode(s.model, s.promptIds, {
       maxNewTokens: s.maxNewTokens,
       sampling: s.sampling,
       skip: s.skip,
       stopTokens: s.stopTokens,
-      onTokens: flags.json ? undefined : (ids) => write(out.push(ids)),
-      shouldStop: () => interrupted,
-    });
-    const text = s.tokenizer.decode(result.tokens);
-    if (flags.json) {
-      console.log(JSON.stringify({
-        command: "decode",
-        model: s.dir,
-        prompt: s.promptText,
-        promptIds: s.promptIds,
-        skip: s.skip,
-        sampling: s.sampling,
-        tokens: result.tokens,
-        text,
-        stats: result.stats,
-      }));
-    } else {
-      write(out.flush() + "\n");
-      console.error(formatStats(result.stats, s.sampling.seed));
-    }
-    return result.stats.stopReason === "interrupted" ? 130 : 0;
-  } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
+      onTokens: flags.json ? undefined : out.push,
+      shouldStop,
+    })
+  );
+  if (flags.json) {
+    console.log(JSON.stringify({
+      command: "decode",
+      model: s.dir,
+      prompt: s.promptText,
+      promptIds: s.promptIds,
+      skip: s.skip,
+      sampling: s.sampling,
+      tokens: result.tokens,
+      text: s.tokenizer.decode(result.tokens),
+      stats: result.stats,
+    }));
+  } else {
+    out.end();
+    console.error(formatStats(result.stats, s.sampling.seed));
   }
+  return result.stats.stopReason === "interrupted" ? 130 : 0;
 }
 
 /** One stderr line of figures, the same for every generation strategy. */

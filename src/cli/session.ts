@@ -8,7 +8,7 @@ import { InputError, ModelError } from "../errors.ts";
 import type { SamplingParams } from "../gpu/ops.ts";
 import { Model, NO_SKIP, type SkipSet } from "../model/model.ts";
 import { readSkipSet } from "../model/skip.ts";
-import { ModelTokenizer } from "../model/tokenizer.ts";
+import { ModelTokenizer, TextStreamer } from "../model/tokenizer.ts";
 import type { FlagTable } from "./flags.ts";
 
 /** The embedded default model, shipped in `fixtures/` (and inside the compiled binary). */
@@ -235,4 +235,27 @@ function progressBar(): (loaded: number, total: number) => void {
     );
     if (loaded >= total) Deno.stderr.writeSync(new TextEncoder().encode("\n"));
   };
+}
+
+/** Decoded text streamed to stdout as token ids arrive (whole characters only). */
+export function stdoutText(tokenizer: ModelTokenizer) {
+  const streamer = new TextStreamer(tokenizer);
+  const write = (text: string) => text && Deno.stdout.writeSync(new TextEncoder().encode(text));
+  return {
+    push: (ids: number[]) => write(streamer.push(ids)),
+    /** The rest of the text and a newline. */
+    end: () => write(streamer.flush() + "\n"),
+  };
+}
+
+/** Runs a generation with Ctrl-C turned into a stop request it polls (exit 130 follows). */
+export async function untilInterrupted<T>(run: (shouldStop: () => boolean) => Promise<T>) {
+  let interrupted = false;
+  const onInterrupt = () => (interrupted = true);
+  Deno.addSignalListener("SIGINT", onInterrupt);
+  try {
+    return await run(() => interrupted);
+  } finally {
+    Deno.removeSignalListener("SIGINT", onInterrupt);
+  }
 }

@@ -6,7 +6,7 @@
  * same process and reports the speed-up.
  */
 import { UsageError } from "../errors.ts";
-import { decode, type GenerationStats } from "../generate/decode.ts";
+import { decode, type GenerationResult, type GenerationStats } from "../generate/decode.ts";
 import {
   DEFAULT_DRAFT_MAX,
   DEFAULT_TARGET_ACCEPTANCE,
@@ -19,10 +19,15 @@ import {
 import { MAX_DRAFT } from "../gpu/speculation_ops.ts";
 import { Model, type SkipSet } from "../model/model.ts";
 import { defaultSkipSetPath, readSkipSet, skipCount } from "../model/skip.ts";
-import { TextStreamer } from "../model/tokenizer.ts";
 import { formatStats } from "./decode.ts";
 import { helpText, parseFlags } from "./flags.ts";
-import { GENERATION_FLAGS, openSession, type Session } from "./session.ts";
+import {
+  GENERATION_FLAGS,
+  openSession,
+  type Session,
+  stdoutText,
+  untilInterrupted,
+} from "./session.ts";
 
 export const SPECULATE_SUMMARY = "Speculative decoding with a separate draft model (lossless).";
 export const SELF_SPECULATE_SUMMARY =
@@ -135,69 +140,58 @@ async function runSpeculation(command: Command, argv: string[]): Promise<number>
     draftDescription = { skip };
   }
 
-  const out = new TextStreamer(s.tokenizer);
-  const write = (text: string) => text && Deno.stdout.writeSync(new TextEncoder().encode(text));
-  let interrupted = false;
-  const onInterrupt = () => (interrupted = true);
-  Deno.addSignalListener("SIGINT", onInterrupt);
-  try {
-    const options = {
-      maxNewTokens: s.maxNewTokens,
-      sampling: s.sampling,
-      draft,
-      stopTokens: s.stopTokens,
-      draftMax: flags["draft-max"] ?? DEFAULT_DRAFT_MAX,
-      draftThreshold: flags["draft-threshold"] ?? defaultDraftThreshold(s.sampling),
-      adaptive: !flags["no-adaptive"],
-      targetAcceptance: flags["target-acceptance"] ?? DEFAULT_TARGET_ACCEPTANCE,
-      shouldStop: () => interrupted,
-    };
-    let baseline: GenerationStats | undefined;
-    let baselineTokens: number[] | undefined;
-    if (flags.compare) {
-      // Warm up both paths (pipeline compilation), then measure them back to back.
-      await decode(s.model, s.promptIds, { ...options, maxNewTokens: 2, skip: s.skip });
-      await speculate(s.model, s.promptIds, { ...options, maxNewTokens: 2 });
-      const plain = await decode(s.model, s.promptIds, { ...options, skip: s.skip });
-      baseline = plain.stats;
-      baselineTokens = plain.tokens;
-    }
-    const result: SpeculationResult = await speculate(s.model, s.promptIds, {
-      ...options,
-      onTokens: flags.json ? undefined : (ids) => write(out.push(ids)),
-    });
-    const text = s.tokenizer.decode(result.tokens);
-    const comparison = baseline && {
-      decode: baseline,
-      speedup: result.stats.decodeTokensPerSecond / baseline.decodeTokensPerSecond,
-      identicalToDecode: sameTokens(result.tokens, baselineTokens!),
-    };
-    if (flags.json) {
-      console.log(JSON.stringify({
-        command,
-        model: s.dir,
-        ...draftDescription,
-        prompt: s.promptText,
-        promptIds: s.promptIds,
-        sampling: s.sampling,
-        tokens: result.tokens,
-        text,
-        stats: result.stats,
-        rounds: result.rounds,
-        ...(comparison ? { compare: comparison } : {}),
-      }));
-    } else {
-      write(out.flush() + "\n");
-      console.error(formatStats(result.stats, s.sampling.seed));
-      console.error(formatSpeculationStats(result.stats));
-      if (comparison) {
-        console.error(formatComparison(comparison, s.sampling.temperature === 0));
-      }
-    }
-    return result.stats.stopReason === "interrupted" ? 130 : 0;
-  } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
+  const options = {
+    maxNewTokens: s.maxNewTokens,
+    sampling: s.sampling,
+    draft,
+    stopTokens: s.stopTokens,
+    draftMax: flags["draft-max"] ?? DEFAULT_DRAFT_MAX,
+    draftThreshold: flags["draft-threshold"] ?? defaultDraftThreshold(s.sampling),
+    adaptive: !flags["no-adaptive"],
+    targetAcceptance: flags["target-acceptance"] ?? DEFAULT_TARGET_ACCEPTANCE,
+  };
+  let plain: GenerationResult | undefined;
+  if (flags.compare) {
+    // Warm up both paths (pipeline compilation), then measure them back to back.
+    await decode(s.model, s.promptIds, { ...options, maxNewTokens: 2, skip: s.skip });
+    await speculate(s.model, s.promptIds, { ...options, maxNewTokens: 2 });
+    plain = await decode(s.model, s.promptIds, { ...options, skip: s.skip });
   }
+  const out = stdoutText(s.tokenizer);
+  const result: SpeculationResult = await untilInterrupted((shouldStop) =>
+    speculate(s.model, s.promptIds, {
+      ...options,
+      onTokens: flags.json ? undefined : out.push,
+      shouldStop,
+    })
+  );
+  const text = s.tokenizer.decode(result.tokens);
+  const comparison: Comparison | undefined = plain && {
+    decode: plain.stats,
+    speedup: result.stats.decodeTokensPerSecond / plain.stats.decodeTokensPerSecond,
+    identicalToDecode: sameTokens(result.tokens, plain.tokens),
+  };
+  if (flags.json) {
+    console.log(JSON.stringify({
+      command,
+      model: s.dir,
+      ...draftDescription,
+      prompt: s.promptText,
+      promptIds: s.promptIds,
+      sampling: s.sampling,
+      tokens: result.tokens,
+      text,
+      stats: result.stats,
+      rounds: result.rounds,
+      ...(comparison ? { compare: comparison } : {}),
+    }));
+  } else {
+    out.end();
+    console.error(formatStats(result.stats, s.sampling.seed));
+    console.error(formatSpeculationStats(result.stats));
+    if (comparison) console.error(formatComparison(comparison, s.sampling.temperature === 0));
+  }
+  return result.stats.stopReason === "interrupted" ? 130 : 0;
 }
 
 /** --skip, else skip.json beside the model; the draft must skip something. */
@@ -238,10 +232,14 @@ export function formatSpeculationStats(st: SpeculationStats): string {
   ].join(" | ");
 }
 
-function formatComparison(
-  c: { decode: GenerationStats; speedup: number; identicalToDecode: boolean },
-  greedy: boolean,
-): string {
+/** Plain decode on the same prompt in the same run (--compare). */
+interface Comparison {
+  decode: GenerationStats;
+  speedup: number;
+  identicalToDecode: boolean;
+}
+
+function formatComparison(c: Comparison, greedy: boolean): string {
   const same = greedy
     ? ` | output ${c.identicalToDecode ? "identical to" : "DIFFERS from"} plain decode`
     : "";
