@@ -48,6 +48,8 @@ interface Run {
   count: number;
   /** Flags: 1 for tokens in the context. */
   presence?: Uint32Array;
+  /** The raw presence buffer (first positions), instead of flags. */
+  presencePositions?: Uint32Array<ArrayBuffer>;
   markPresence?: boolean;
   /** Initial { pos, n, out_index, pad }. */
   state?: number[];
@@ -77,7 +79,11 @@ async function runSampler(r: Run) {
   const outTokens = storageBuffer(device, outLength * 4, "out_tokens");
   device.queue.writeBuffer(state, 0, initial);
   device.queue.writeBuffer(logits, 0, new Float32Array(r.logits));
-  device.queue.writeBuffer(presence, 0, presencePositions(r.presence, r.vocab));
+  device.queue.writeBuffer(
+    presence,
+    0,
+    r.presencePositions ?? presencePositions(r.presence, r.vocab),
+  );
   device.queue.writeBuffer(ids, 0, new Uint32Array([UNWRITTEN]));
   device.queue.writeBuffer(outTokens, 0, new Uint32Array(outLength).fill(UNWRITTEN));
   const op = sampleOp({ device, pipelines, state }, {
@@ -373,6 +379,28 @@ Deno.test("temperature 0 with a repetition penalty picks the argmax of the penal
   }
   assert.ok(new Set(expected).size > 1, "the penalty should change the greedy sequence");
   assert.deepEqual([...tokens], expected);
+});
+
+Deno.test("the repetition penalty counts only tokens at positions up to the sampled row's", async () => {
+  // presence holds each token's first position; the forward's last token is at pos + n - 1.
+  const vocab = 64;
+  const logits = new Float32Array(vocab).fill(-5);
+  logits[10] = 3; // penalized to 1 when present
+  logits[20] = 2;
+  const presence = new Uint32Array(vocab).fill(ABSENT);
+  presence[10] = 7;
+  const sampler = (pos: number) =>
+    runSampler({
+      logits,
+      vocab,
+      sampling: { ...GREEDY, repetitionPenalty: 3 },
+      count: 1,
+      state: [pos, 1, 0, 0],
+      presencePositions: presence,
+    });
+  assert.equal((await sampler(6)).tokens[0], 10, "token 10 comes after position 6: not penalized");
+  assert.equal((await sampler(7)).tokens[0], 20, "token 10 is at position 7: penalized");
+  assert.equal((await sampler(30)).tokens[0], 20);
 });
 
 Deno.test("top-k 1 with temperature 1 always picks the greedy token", async () => {
