@@ -1,16 +1,26 @@
 // Causal attention of the n new tokens over the K/V cache, with GQA, an optional sliding window
-// and Gemma-2's tanh soft-cap on the scores. One workgroup per (query head, token); keys go in
-// tiles of WG with an online softmax, so any context length runs in fixed workgroup memory.
-// Query at position p = pos + t sees keys k with k <= p and, with a window w, p - k < w.
+// and Gemma-2's tanh soft-cap on the scores. Query at position p = pos + t sees keys k with
+// k <= p and, with a window w, p - k < w.
+//
+// One workgroup per (kv head, block of HEADS query heads of its group, block of TOKENS tokens):
+// every key and value row it loads serves HEADS x TOKENS (head, token) pairs, whose queries and
+// accumulators live in registers. The WG invocations split the keys (key = first + lane + WG j),
+// each keeping an online softmax (running max, sum, weighted values) per pair; one barrier, then
+// the partial results are merged through workgroup memory. On lavapipe a storage load costs about
+// the same whether it serves one pair or many, so this register blocking, not the thread count,
+// sets the speed; see bench/kernels_bench.ts.
+//
+// Defines: HEAD_DIM (D, a multiple of 4), HEADS (divides the group size n_heads / n_kv),
+// TOKENS, WG (lanes splitting the keys), CHUNKS (output chunks per pair in the merge; divides D/4).
 
-const WG: u32 = 64u;
-const MAX_HEAD_DIM: u32 = 256u;
-const DIMS_PER_THREAD: u32 = MAX_HEAD_DIM / WG;
+const DV: u32 = HEAD_DIM / 4u;       // vec4s per head row
+const PAIRS: u32 = HEADS * TOKENS;   // (head, token) pairs per workgroup; pair = h * TOKENS + t
+const NO_SCORE: f32 = -3.0e38;
 
 struct Params {
   n_heads: u32,
   n_kv: u32,
-  head_dim: u32,   // D <= 256
+  head_dim: u32,   // D (== HEAD_DIM)
   window: u32,     // 0: none
   scale: f32,      // score multiplier (1/sqrt(D), or query_pre_attn_scalar^-1/2)
   softcap: f32,    // > 0: s = tanh(s / softcap) * softcap
@@ -22,89 +32,132 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> state: State;
-@group(0) @binding(2) var<storage, read> q: array<f32>;          // (n, n_heads, D)
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;    // (ctx, n_kv, D)
-@group(0) @binding(4) var<storage, read> v_cache: array<f32>;    // (ctx, n_kv, D)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (n, n_heads * D)
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>;          // (n, n_heads, D)
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;    // (ctx, n_kv, D)
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;    // (ctx, n_kv, D)
+@group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;  // (n, n_heads, D)
 
-var<workgroup> q_shared: array<f32, MAX_HEAD_DIM>;
-var<workgroup> weights: array<f32, WG>;
+// Each lane's partial softmax per pair: [pair][lane] for the max and sum, [pair][lane][D/4].
+var<workgroup> part_max: array<f32, PAIRS * WG>;
+var<workgroup> part_sum: array<f32, PAIRS * WG>;
+var<workgroup> part_acc: array<vec4<f32>, PAIRS * WG * DV>;
+
+// exp(x) for x <= 0, flushed to 0 below e^-80: denormal results make llvmpipe's arithmetic
+// (no flush-to-zero) orders of magnitude slower, and such weights cannot change a softmax sum >= 1.
+fn exp_weight(x: f32) -> f32 {
+  return select(0.0, exp(x), x > -80.0);
+}
+
+// The first key a query at position p sees.
+fn first_key(p: u32) -> u32 {
+  if (params.window > 0u && p + 1u > params.window) {
+    return p + 1u - params.window;
+  }
+  return 0u;
+}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let head = wid.x;
-  let t = wid.y;
+  let lane = lid.x;
+  let group = params.n_heads / params.n_kv;
+  let head_blocks = group / HEADS;
+  let kv_head = wid.x / head_blocks;
+  let head0 = kv_head * group + (wid.x % head_blocks) * HEADS;
+  let t0 = wid.y * TOKENS;
   let n = state.n;
-  let d = params.head_dim;
-  let kv_head = head / (params.n_heads / params.n_kv);
-  let p = state.pos + t;
-  var first = 0u;
-  if (params.window > 0u && p + 1u > params.window) {
-    first = p + 1u - params.window;
+  // Token rows are clamped to the last token (blocks past n compute a copy and write nothing),
+  // so nothing is read past the filled cache; there is no early return before the barrier.
+  var p: array<u32, TOKENS>;       // query positions
+  var first: array<u32, TOKENS>;   // their first visible keys
+  for (var t = 0u; t < TOKENS; t++) {
+    p[t] = state.pos + min(t0 + t, n - 1u);
+    first[t] = first_key(p[t]);
   }
-  let q_row = (t * params.n_heads + head) * d;
-  for (var i = lid.x; i < d; i += WG) {
-    q_shared[i] = select(0.0, q[q_row + i], t < n);
+  var qs: array<array<vec4<f32>, DV>, PAIRS>;
+  for (var h = 0u; h < HEADS; h++) {
+    for (var t = 0u; t < TOKENS; t++) {
+      let row = ((p[t] - state.pos) * params.n_heads + head0 + h) * DV;
+      for (var i = 0u; i < DV; i++) {
+        qs[h * TOKENS + t][i] = q[row + i] * params.scale;
+      }
+    }
   }
-  workgroupBarrier();
 
-  var running_max = -3.0e38;
-  var running_sum = 0.0;
-  var acc: array<f32, DIMS_PER_THREAD>;
-  // Tiles are counted from 0 so the loop bound is the same for every invocation (barriers).
-  let tiles = (p + 1u - first + WG - 1u) / WG;
-  for (var tile = 0u; tile < tiles; tile++) {
-    let key = first + tile * WG + lid.x;
-    var s = -3.0e38;
-    if (key <= p) {
-      let k_row = (key * params.n_kv + kv_head) * d;
-      var dot = 0.0;
-      for (var i = 0u; i < d; i++) {
-        dot += q_shared[i] * k_cache[k_row + i];
-      }
-      s = dot * params.scale;
-      if (params.softcap > 0.0) {
-        s = tanh(clamp(s / params.softcap, -15.0, 15.0)) * params.softcap;
-      }
+  var run_max: array<f32, PAIRS>;
+  var run_sum: array<f32, PAIRS>;
+  var acc: array<array<vec4<f32>, DV>, PAIRS>;
+  for (var i = 0u; i < PAIRS; i++) {
+    run_max[i] = NO_SCORE;
+  }
+  let last = p[TOKENS - 1u];
+  for (var key = first[0] + lane; key <= last; key += WG) {
+    let row = (key * params.n_kv + kv_head) * DV;
+    var ks: array<vec4<f32>, DV>;
+    var vs: array<vec4<f32>, DV>;
+    for (var i = 0u; i < DV; i++) {
+      ks[i] = k_cache[row + i];
+      vs[i] = v_cache[row + i];
     }
-    weights[lid.x] = s;
-    workgroupBarrier();
-    var tile_max = -3.0e38;
-    for (var j = 0u; j < WG; j++) {
-      tile_max = max(tile_max, weights[j]);
-    }
-    let new_max = max(running_max, tile_max);
-    let correction = exp(running_max - new_max);
-    workgroupBarrier();
-    weights[lid.x] = select(0.0, exp(s - new_max), key <= p);
-    workgroupBarrier();
-    running_sum *= correction;
-    for (var k = 0u; k < DIMS_PER_THREAD; k++) {
-      acc[k] *= correction;
-    }
-    for (var j = 0u; j < WG; j++) {
-      let wj = weights[j];
-      running_sum += wj;
-      let v_row = ((first + tile * WG + j) * params.n_kv + kv_head) * d;
-      if (wj != 0.0) {
-        for (var k = 0u; k < DIMS_PER_THREAD; k++) {
-          let i = lid.x + k * WG;
-          if (i < d) {
-            acc[k] += wj * v_cache[v_row + i];
-          }
+    for (var h = 0u; h < HEADS; h++) {
+      for (var t = 0u; t < TOKENS; t++) {
+        let pair = h * TOKENS + t;
+        var dot4 = vec4<f32>(0.0);
+        for (var i = 0u; i < DV; i++) {
+          dot4 += qs[pair][i] * ks[i];
+        }
+        var s = dot4.x + dot4.y + dot4.z + dot4.w;
+        if (params.softcap > 0.0) {
+          s = tanh(clamp(s / params.softcap, -15.0, 15.0)) * params.softcap;
+        }
+        let visible = key >= first[t] && key <= p[t];
+        let new_max = select(run_max[pair], max(run_max[pair], s), visible);
+        let correction = exp_weight(run_max[pair] - new_max);
+        let weight = select(0.0, exp_weight(s - new_max), visible);
+        run_max[pair] = new_max;
+        run_sum[pair] = run_sum[pair] * correction + weight;
+        for (var i = 0u; i < DV; i++) {
+          acc[pair][i] = acc[pair][i] * correction + weight * vs[i];
         }
       }
     }
-    running_max = new_max;
-    workgroupBarrier();
   }
-  if (t >= n) {
-    return;
+
+  for (var pair = 0u; pair < PAIRS; pair++) {
+    let slot = pair * WG + lane;
+    part_max[slot] = run_max[pair];
+    part_sum[slot] = run_sum[pair];
+    for (var i = 0u; i < DV; i++) {
+      part_acc[slot * DV + i] = acc[pair][i];
+    }
   }
-  for (var k = 0u; k < DIMS_PER_THREAD; k++) {
-    let i = lid.x + k * WG;
-    if (i < d) {
-      out[t * params.n_heads * d + head * d + i] = acc[k] / running_sum;
+  workgroupBarrier();
+
+  // Merge: item = (pair, chunk of D/4 / CHUNKS vec4s), spread over the lanes.
+  let per_chunk = DV / CHUNKS;
+  for (var item = lane; item < PAIRS * CHUNKS; item += WG) {
+    let pair = item / CHUNKS;
+    let h = pair / TOKENS;
+    let t = pair % TOKENS;
+    var all_max = NO_SCORE;
+    for (var l = 0u; l < WG; l++) {
+      all_max = max(all_max, part_max[pair * WG + l]);
+    }
+    var weights: array<f32, WG>;
+    var total = 0.0;
+    for (var l = 0u; l < WG; l++) {
+      weights[l] = exp_weight(part_max[pair * WG + l] - all_max);
+      total += weights[l] * part_sum[pair * WG + l];
+    }
+    if (t0 + t < n) {
+      let out_row = ((t0 + t) * params.n_heads + head0 + h) * DV;
+      for (var j = 0u; j < per_chunk; j++) {
+        let i = (item % CHUNKS) * per_chunk + j;
+        var o = vec4<f32>(0.0);
+        for (var l = 0u; l < WG; l++) {
+          o += weights[l] * part_acc[(pair * WG + l) * DV + i];
+        }
+        out[out_row + i] = o / total;
+      }
     }
   }
 }

@@ -1,10 +1,20 @@
 // y[t, r] = epilogue(sum_c W[r, c] * x'[t, c]) for the n tokens of this forward: the matrix-vector
-// product of decoding (TOKENS = 1) and the small-N product of prefill and verification
-// (TOKENS = 8): each invocation owns one output row and reads it once for TOKENS tokens. No
-// workgroup barriers: on lavapipe a workgroup's barriers and count dominate these small products.
+// product of decoding (TOKENS = 1) and the small-N product of prefill and verification.
+//
+// Register blocking, no workgroup barriers: each invocation owns ROWS output rows and TOKENS
+// tokens, so every weight block it loads serves TOKENS tokens and every x block serves ROWS rows.
+// That is what counts on lavapipe (llvmpipe), where each storage-buffer load instruction is a loop
+// over the 8 SIMD lanes with a bounds check per lane and component (the same cost whether the
+// address is uniform or not), while arithmetic is cheap: a kernel's cost is mostly its count of
+// load instructions, about rows * C / 8 for the weights plus (TOKENS x loads per 8 columns) per
+// invocation. src/gpu/ops.ts (matmulOp) picks ROWS and WG per shape; bench/kernels_bench.ts
+// measures the alternatives.
 //
 // Variants (defines):
 //   DTYPE_*         weight storage (weight_dtype.wgsl)
+//   ROWS            output rows per invocation (rows r0 .. r0 + ROWS - 1)
+//   TOKENS          tokens per invocation (gid.z selects the block of tokens)
+//   WG              invocations per workgroup
 //   NORM            x' = rmsnorm(x) * gain, fused: the row pass also sums x^2 (RMSNorm + matmul in
 //                   one dispatch; gain is f32 and already holds Gemma's 1 + w)
 //   EPILOGUE_STORE  y = acc, then the optional tanh soft-cap (Gemma-2 final logits)
@@ -12,8 +22,6 @@
 //   EPILOGUE_GLU    the chunk stacks [gate rows; up rows]; y = act(gate . x') * (up . x')
 //                   with ACT_SILU (SwiGLU) or ACT_GELU_TANH (GeGLU)
 #include "weight_dtype.wgsl"
-
-const WG: u32 = 64u;
 
 struct Params {
   rows: u32,        // output rows held by this weight chunk
@@ -32,20 +40,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read> state: State;
 @group(0) @binding(2) var<storage, read> w: array<WeightWord>;   // (rows, C), or (2 rows, C) for GLU
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;    // (n, x_stride), x_stride % 4 == 0
-#if EPILOGUE_ADD
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;    // (n, y_stride), accumulated into
-#else
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;    // (n, y_stride)
-#endif
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;    // (n, y_stride); EPILOGUE_ADD adds
 #if NORM
 @group(0) @binding(5) var<storage, read> gain: array<vec4<f32>>; // (C)
 #endif
-
-// The 8 weights of row `row`, columns [8 block, 8 block + 8).
-fn weight_block(row: u32, block: u32) -> array<vec4<f32>, 2> {
-  let i = (row * (params.cols / 8u) + block) * WORDS_PER_BLOCK;
-  return decode_block(array<WeightWord, 2>(w[i], w[i + WORDS_PER_BLOCK - 1u]));
-}
 
 fn activation(g: f32) -> f32 {
 #if ACT_SILU
@@ -58,69 +56,100 @@ fn activation(g: f32) -> f32 {
 #endif
 }
 
+// The 8 weights at word offset i (block-aligned).
+fn weight_block(i: u32) -> array<vec4<f32>, 2> {
+  return decode_block(array<WeightWord, 2>(w[i], w[i + WORDS_PER_BLOCK - 1u]));
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-  let r = gid.x + gid.y * groups.x * WG;  // output row within this chunk
-  let t0 = gid.z * TOKENS;                // first token of this block
-  let cols = params.cols;
+  let first_row = (gid.x + gid.y * groups.x * WG) * ROWS;  // within this chunk
+  let t0 = gid.z * TOKENS;                                  // first token of this block
   var n = state.n;
-  var x_first = 0u;                       // token row of x that token 0 reads
+  var x_first = 0u;                                         // x row of token 0
   if (params.last_only == 1u) {
     x_first = n - 1u;
     n = 1u;
   }
-  if (r >= params.rows || t0 >= n) {
+  if (first_row >= params.rows || t0 >= n) {
     return;
   }
-  let tokens = min(TOKENS, n - t0);
-  var acc_a: array<f32, TOKENS>;
-  var acc_b: array<f32, TOKENS>;
+  let blocks = params.cols / 8u;
+  let row_words = blocks * WORDS_PER_BLOCK;
+  // Loads are clamped to valid rows and tokens (no branches around them: a masked load costs
+  // nearly as much as a real one); only the writes check.
+  var w_at: array<u32, ROWS>;
+  for (var i = 0u; i < ROWS; i++) {
+    w_at[i] = min(first_row + i, params.rows - 1u) * row_words;
+  }
+  var x_at: array<u32, TOKENS>;
+  for (var t = 0u; t < TOKENS; t++) {
+    x_at[t] = ((x_first + min(t0 + t, n - 1u)) * params.x_stride) / 4u;
+  }
+  var acc: array<array<f32, TOKENS>, ROWS>;
+#if EPILOGUE_GLU
+  let up_words = params.rows * row_words;  // the up rows follow the gate rows
+  var acc_up: array<array<f32, TOKENS>, ROWS>;
+#endif
+#if NORM
   var ss: array<f32, TOKENS>;
-  for (var block = 0u; block < cols / 8u; block++) {
-    let wa = weight_block(r, block);
-#if EPILOGUE_GLU
-    let wb = weight_block(r + params.rows, block);  // the up row
 #endif
+  for (var block = 0u; block < blocks; block++) {
 #if NORM
-    let g = array<vec4<f32>, 2>(gain[2u * block], gain[2u * block + 1u]);
+    let g0 = gain[2u * block];
+    let g1 = gain[2u * block + 1u];
 #endif
+    var xs: array<array<vec4<f32>, 2>, TOKENS>;
     for (var t = 0u; t < TOKENS; t++) {
-      if (t < tokens) {
-        let xi = ((x_first + t0 + t) * params.x_stride) / 4u + 2u * block;
-        for (var part = 0u; part < 2u; part++) {
-          let xv = x[xi + part];
+      var x0 = x[x_at[t] + 2u * block];
+      var x1 = x[x_at[t] + 2u * block + 1u];
 #if NORM
-          ss[t] += dot(xv, xv);
-          let xn = xv * g[part];
-#else
-          let xn = xv;
+      ss[t] += dot(x0, x0) + dot(x1, x1);
+      x0 *= g0;
+      x1 *= g1;
 #endif
-          acc_a[t] += dot(wa[part], xn);
+      xs[t] = array<vec4<f32>, 2>(x0, x1);
+    }
+    let word = block * WORDS_PER_BLOCK;
+    for (var i = 0u; i < ROWS; i++) {
+      let wa = weight_block(w_at[i] + word);
 #if EPILOGUE_GLU
-          acc_b[t] += dot(wb[part], xn);
+      let wb = weight_block(up_words + w_at[i] + word);
 #endif
-        }
+      for (var t = 0u; t < TOKENS; t++) {
+        acc[i][t] += dot(wa[0], xs[t][0]) + dot(wa[1], xs[t][1]);
+#if EPILOGUE_GLU
+        acc_up[i][t] += dot(wb[0], xs[t][0]) + dot(wb[1], xs[t][1]);
+#endif
       }
     }
   }
-  for (var t = 0u; t < tokens; t++) {
-    var a = acc_a[t];
-    var b = acc_b[t];
-#if NORM
-    let inv_rms = inverseSqrt(ss[t] / f32(cols) + params.eps);
-    a *= inv_rms;
-    b *= inv_rms;
-#endif
-    let out = (t0 + t) * params.y_stride + params.row_offset + r;
-#if EPILOGUE_ADD
-    y[out] += a;
-#elif EPILOGUE_GLU
-    y[out] = activation(a) * b;
-#else
-    if (params.softcap > 0.0) {
-      a = tanh(clamp(a / params.softcap, -15.0, 15.0)) * params.softcap;
+  for (var t = 0u; t < TOKENS; t++) {
+    if (t0 + t >= n) {
+      break;
     }
-    y[out] = a;
+#if NORM
+    let inv_rms = inverseSqrt(ss[t] / f32(params.cols) + params.eps);
+#else
+    let inv_rms = 1.0;
 #endif
+    let out_row = (t0 + t) * params.y_stride + params.row_offset;
+    for (var i = 0u; i < ROWS; i++) {
+      let r = first_row + i;
+      if (r < params.rows) {
+        let a = acc[i][t] * inv_rms;
+#if EPILOGUE_ADD
+        y[out_row + r] += a;
+#elif EPILOGUE_GLU
+        y[out_row + r] = activation(a) * (acc_up[i][t] * inv_rms);
+#else
+        if (params.softcap > 0.0) {
+          y[out_row + r] = tanh(clamp(a / params.softcap, -15.0, 15.0)) * params.softcap;
+        } else {
+          y[out_row + r] = a;
+        }
+#endif
+      }
+    }
   }
 }

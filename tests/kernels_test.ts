@@ -116,12 +116,16 @@ async function withBuffers(fn: (b: Buffers) => Promise<void>) {
   }
 }
 
-/** Records `op` for n tokens at `pos` in one compute pass and submits it; returns the dispatches. */
-function run(op: Op | Op[], pos: number, n: number): number {
+/**
+ * Records `op` for `recordN` tokens (default n) with state { pos, n } in one compute pass and
+ * submits it; returns the dispatches. A recordN above n is the GPU-resident loops' case: one
+ * recorded sequence serves steps whose token count the GPU sets.
+ */
+function run(op: Op | Op[], pos: number, n: number, recordN = n): number {
   device.queue.writeBuffer(ctx.state, 0, new Uint32Array([pos, n, 0, 0]));
   const enc = device.createCommandEncoder();
   const rec = new Recorder(enc.beginComputePass());
-  for (const o of Array.isArray(op) ? op : [op]) o.record(rec, n);
+  for (const o of Array.isArray(op) ? op : [op]) o.record(rec, recordN);
   rec.pass.end();
   device.queue.submit([enc.finish()]);
   return rec.dispatches;
@@ -150,6 +154,8 @@ interface MatmulCase {
   xPad?: number;
   /** x ~ U(-2 xScale, 2 xScale); small values make the RMSNorm epsilon matter. */
   xScale?: number;
+  /** Tokens the op is recorded for (state.n is n); default n. */
+  recordN?: number;
 }
 
 async function checkMatmul(c: MatmulCase) {
@@ -197,7 +203,7 @@ async function checkMatmul(c: MatmulCase) {
       softcap: c.softcap,
       lastOnly: c.lastOnly,
     });
-    assert.equal(run(op, 3, n), chunks, `${label}: one dispatch per chunk`);
+    assert.equal(run(op, 3, n, c.recordN), chunks, `${label}: one dispatch per chunk`);
     const got = await readF32(device, y, y0.length);
     const want = ref.matmulRef({
       w: wDecoded,
@@ -262,6 +268,30 @@ Deno.test("matmul over a weight split into several row chunks matches the CPU re
   for (const c of cases) await checkMatmul(c);
 });
 
+Deno.test("matmul with 8 and 16 rows per invocation and 64-invocation workgroups (larger chunks) matches the CPU reference", async () => {
+  // The op picks rows per invocation and workgroup size by chunk rows and token count; these
+  // chunks are large enough for the 8- and 16-row blocks and, at 4099 rows, 64-wide workgroups.
+  const cases: MatmulCase[] = [
+    { dtype: "BF16", epilogue: "glu-silu", rows: 1031, cols: 72, n: 1, norm: true },
+    { dtype: "F16", epilogue: "add", rows: 1031, cols: 72, n: 5 },
+    { dtype: "F32", epilogue: "store", rows: 4099, cols: 16, n: 1, softcap: 1.5 },
+    { dtype: "BF16", epilogue: "store", rows: 4099, cols: 16, n: 8, norm: true },
+    { dtype: "F16", epilogue: "glu-gelu", rows: 517, cols: 200, n: 9, norm: true },
+    { dtype: "BF16", epilogue: "add", rows: 1031, cols: 72, n: 4, chunkRows: 600 },
+  ];
+  for (const c of cases) await checkMatmul(c);
+});
+
+Deno.test("matmul recorded for more tokens than state.n computes and writes only state.n tokens", async () => {
+  const cases: MatmulCase[] = [
+    { dtype: "BF16", epilogue: "store", rows: 131, cols: 72, n: 3, recordN: 8, norm: true },
+    { dtype: "F16", epilogue: "glu-silu", rows: 1031, cols: 72, n: 5, recordN: 9, norm: true },
+    { dtype: "F32", epilogue: "add", rows: 67, cols: 200, n: 1, recordN: 8 },
+    { dtype: "BF16", epilogue: "store", rows: 67, cols: 72, n: 6, recordN: 8, lastOnly: true },
+  ];
+  for (const c of cases) await checkMatmul(c);
+});
+
 Deno.test("matmul with lastOnly reads only the last token's row and writes row 0, like the prefill logits", async () => {
   const cases: MatmulCase[] = [
     { dtype: "BF16", epilogue: "store", rows: 131, cols: 72, n: 1, norm: true, softcap: 1.5 },
@@ -318,6 +348,8 @@ interface RopeCase {
   headDim: number;
   pos: number;
   n: number;
+  /** Tokens the op is recorded for (state.n is n); default n. */
+  recordN?: number;
 }
 
 /** Runs rope_kv on random q/k/v; caches and q_out start random and are compared whole. */
@@ -351,7 +383,7 @@ async function checkRopeKv(c: RopeCase) {
       k,
       v,
     });
-    run(op, c.pos, c.n);
+    run(op, c.pos, c.n, c.recordN);
     const want = ref.ropeKvRef(args);
     const row = c.nKv * c.headDim;
     assertClose(await readF32(device, q, args.q.length), want.q, TOL, `${label} q`, c.headDim);
@@ -370,6 +402,12 @@ Deno.test("rope_kv rotates q and k and appends k and v to the cache at a later p
   await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 9, n: 7 });
   await checkRopeKv({ nHeads: 6, nKv: 3, headDim: 64, pos: 70, n: 1 });
   await checkRopeKv({ nHeads: 6, nKv: 2, headDim: 64, pos: 13, n: 13 });
+  await checkRopeKv({ nHeads: 32, nKv: 8, headDim: 128, pos: 40, n: 3 });
+});
+
+Deno.test("rope_kv recorded for more tokens than state.n writes only state.n tokens", async () => {
+  await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 9, n: 3, recordN: 8 });
+  await checkRopeKv({ nHeads: 6, nKv: 3, headDim: 64, pos: 0, n: 1, recordN: 9 });
 });
 
 // --- attention -------------------------------------------------------------------------------
@@ -382,6 +420,8 @@ interface AttentionCase {
   softcap: number;
   pos: number;
   n: number;
+  /** Tokens the op is recorded for (state.n is n); default n. */
+  recordN?: number;
 }
 
 /**
@@ -419,7 +459,7 @@ async function checkAttention(c: AttentionCase) {
       v: b.upload(args.vCache, "v"),
       out,
     });
-    run(op, c.pos, c.n);
+    run(op, c.pos, c.n, c.recordN);
     const want = new Float32Array(out0);
     want.set(ref.attentionRef(args));
     assertClose(await readF32(device, out, out0.length), want, TOL, label, c.nHeads * d);
@@ -456,6 +496,51 @@ Deno.test("attention of a first prefill at position 0 matches the CPU reference,
   await checkAttention({ nHeads: 4, nKv: 2, headDim: 32, window: 0, softcap: 0, pos: 0, n: 7 });
   await checkAttention({ nHeads: 2, nKv: 1, headDim: 64, window: 0, softcap: 0, pos: 0, n: 67 });
   await checkAttention({ nHeads: 2, nKv: 2, headDim: 256, window: 0, softcap: 0, pos: 0, n: 3 });
+});
+
+Deno.test("attention blocks heads and tokens per workgroup by head_dim: GQA groups of 8, long contexts, 9 tokens", async () => {
+  const base = { window: 0, softcap: 0 };
+  // head_dim 64: a whole group of 8 heads per workgroup, one token at a time for n > 1.
+  await checkAttention({ ...base, nHeads: 8, nKv: 1, headDim: 64, pos: 300, n: 1 });
+  await checkAttention({ ...base, nHeads: 8, nKv: 1, headDim: 64, pos: 300, n: 9 });
+  // head_dim 128: groups of 8 split into two workgroups of 4 heads; window and softcap.
+  await checkAttention({
+    nHeads: 16,
+    nKv: 2,
+    headDim: 128,
+    window: 37,
+    softcap: 50,
+    pos: 90,
+    n: 3,
+  });
+  // head_dim 32, group 2: blocks of 8 tokens, 9 tokens make two blocks of 5 and 4.
+  await checkAttention({ ...base, nHeads: 4, nKv: 2, headDim: 32, pos: 130, n: 9 });
+  await checkAttention({ nHeads: 4, nKv: 2, headDim: 32, window: 6, softcap: 50, pos: 17, n: 9 });
+  // head_dim 256 and an odd group (3 heads): one head and one token per workgroup.
+  await checkAttention({ ...base, nHeads: 3, nKv: 1, headDim: 256, pos: 20, n: 2 });
+});
+
+Deno.test("attention recorded for more tokens than state.n writes only state.n tokens and reads no key past them", async () => {
+  await checkAttention({
+    nHeads: 4,
+    nKv: 2,
+    headDim: 32,
+    window: 0,
+    softcap: 0,
+    pos: 40,
+    n: 3,
+    recordN: 8,
+  });
+  await checkAttention({
+    nHeads: 6,
+    nKv: 3,
+    headDim: 96,
+    window: 5,
+    softcap: 50,
+    pos: 7,
+    n: 1,
+    recordN: 9,
+  });
 });
 
 Deno.test("rope_kv followed by attention in one pass matches the CPU reference over a prefilled cache", async () => {

@@ -70,8 +70,25 @@ function dtypeDefine(dtype: WeightDType): Defines {
 }
 
 const MAX_GROUPS_X = 65535;
-/** matmul.wgsl's workgroup size: one output row per invocation. */
-const MATMUL_ROWS_PER_GROUP = 64;
+
+/** Workgroups a dispatch should have at least, so that every lavapipe thread has work. */
+const MIN_GROUPS = 4;
+
+/**
+ * matmul.wgsl's register blocking for a chunk of `rows` output rows and a forward of `tokens`
+ * tokens: rows and tokens per invocation, and invocations per workgroup. More rows per invocation
+ * amortise the x loads, more tokens the weight loads (measured best: 8 rows for one token, 16 for
+ * 4..8 tokens, 8 invocations per workgroup; bench/kernels_bench.ts); fewer rows when the chunk
+ * would otherwise give too few workgroups to keep the CPU threads busy.
+ */
+function matmulGeometry(rows: number, tokens: number) {
+  const tokenBlocks = Math.ceil(tokens / 8);
+  const perBlock = Math.ceil(tokens / tokenBlocks);
+  let rowsPer = perBlock >= 4 ? 16 : 8;
+  while (rowsPer > 4 && Math.ceil(rows / (rowsPer * 8)) * tokenBlocks < MIN_GROUPS) rowsPer /= 2;
+  const wg = Math.ceil(rows / (rowsPer * 8)) >= 64 ? 64 : 8;
+  return { rows: rowsPer, tokens: perBlock, wg };
+}
 
 /** h[t] = table[ids[t]] * scale, for t < n. */
 export function embedOp(
@@ -143,12 +160,17 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
   return {
     record(rec, n) {
       const tokens = a.lastOnly ? 1 : n;
-      const perGroup = tokens === 1 ? 1 : 8;
       for (const part of parts) {
-        const [pipeline, group] = part.bound.get({ ...base, TOKENS: perGroup });
-        const groups = Math.ceil(part.rows / MATMUL_ROWS_PER_GROUP);
+        const g = matmulGeometry(part.rows, tokens);
+        const [pipeline, group] = part.bound.get({
+          ...base,
+          ROWS: g.rows,
+          TOKENS: g.tokens,
+          WG: g.wg,
+        });
+        const groups = Math.ceil(part.rows / (g.rows * g.wg));
         const x = Math.min(groups, MAX_GROUPS_X);
-        rec.dispatch(pipeline, group, x, Math.ceil(groups / x), Math.ceil(tokens / perGroup));
+        rec.dispatch(pipeline, group, x, Math.ceil(groups / x), Math.ceil(tokens / g.tokens));
       }
     },
   };
@@ -172,6 +194,7 @@ export function ropeKvOp(
     v: GPUBuffer;
   },
 ): Op {
+  if (a.headDim % 8 !== 0) throw new Error(`head_dim ${a.headDim} is not a multiple of 8`);
   const params = uniformBuffer(ctx.device, [
     ["u32", a.nHeads],
     ["u32", a.nKv],
@@ -187,7 +210,43 @@ export function ropeKvOp(
     a.k,
     a.v,
   ]).get({});
-  return { record: (rec, n) => rec.dispatch(pipeline, group, a.nHeads + a.nKv, n) };
+  // One invocation per (head, token): rope_kv.wgsl's workgroup size is 8.
+  return {
+    record: (rec, n) => rec.dispatch(pipeline, group, Math.ceil((a.nHeads + a.nKv) * n / 8)),
+  };
+}
+
+/** Floats of queries (and as many of accumulators) one attention invocation keeps in registers. */
+const ATTENTION_PAIR_FLOATS = 512;
+/** attention.wgsl's lanes per workgroup, splitting the keys. */
+const ATTENTION_LANES = 8;
+
+/**
+ * attention.wgsl's blocking for a forward of `tokens` tokens: query heads (of one GQA group) and
+ * tokens per workgroup, within a register budget; and the merge's output chunks per pair.
+ */
+function attentionGeometry(a: AttentionShape, tokens: number) {
+  const group = a.nHeads / a.nKv;
+  const maxPairs = Math.max(1, Math.floor(ATTENTION_PAIR_FLOATS / a.headDim));
+  let heads = Math.min(group, maxPairs);
+  while (group % heads !== 0) heads--;
+  const perBlock = Math.max(1, Math.min(8, Math.floor(maxPairs / heads)));
+  const blocks = Math.ceil(tokens / perBlock);
+  const tokensPerBlock = Math.ceil(tokens / blocks);
+  const lanes = ATTENTION_LANES;
+  const dv = a.headDim / 4;
+  let chunks = Math.max(1, Math.floor(lanes / (heads * tokensPerBlock)));
+  while (dv % chunks !== 0) chunks--;
+  return {
+    defines: {
+      HEAD_DIM: a.headDim,
+      HEADS: heads,
+      TOKENS: tokensPerBlock,
+      WG: lanes,
+      CHUNKS: chunks,
+    },
+    groups: [a.nKv * (group / heads), blocks] as const,
+  };
 }
 
 /** Causal (optionally sliding-window, soft-capped) attention of the new tokens over the cache. */
@@ -204,6 +263,7 @@ export function attentionOp(
   },
 ): Op {
   if (a.headDim > 256) throw new Error(`head_dim ${a.headDim} > 256 is not supported`);
+  if (a.headDim % 4 !== 0) throw new Error(`head_dim ${a.headDim} is not a multiple of 4`);
   const params = uniformBuffer(ctx.device, [
     ["u32", a.nHeads],
     ["u32", a.nKv],
@@ -212,15 +272,14 @@ export function attentionOp(
     ["f32", a.scale],
     ["f32", a.softcap],
   ], "attention");
-  const [pipeline, group] = new Bound(ctx, "attention", [
-    params,
-    ctx.state,
-    a.q,
-    a.k,
-    a.v,
-    a.out,
-  ]).get({});
-  return { record: (rec, n) => rec.dispatch(pipeline, group, a.nHeads, n) };
+  const bound = new Bound(ctx, "attention", [params, ctx.state, a.q, a.k, a.v, a.out]);
+  return {
+    record(rec, n) {
+      const g = attentionGeometry(a, n);
+      const [pipeline, group] = bound.get(g.defines);
+      rec.dispatch(pipeline, group, g.groups[0], g.groups[1]);
+    },
+  };
 }
 
 /** h += rmsnorm(delta) * gain (Gemma-2's post-norms), per token. */
