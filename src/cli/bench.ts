@@ -8,7 +8,8 @@ import { decode } from "../generate/decode.ts";
 import { GREEDY } from "../gpu/ops.ts";
 import { Model, NO_SKIP } from "../model/model.ts";
 import { ModelTokenizer } from "../model/tokenizer.ts";
-import { benchSpeculation, forwardMs, median, type SpeculationRow } from "./bench_speculation.ts";
+import { forwardMs, median } from "../generate/timing.ts";
+import { benchSpeculation, type SpeculationRow } from "./bench_speculation.ts";
 import { helpText, parseFlags } from "./flags.ts";
 
 export const BENCH_SUMMARY = "Measure prefill/decode speed, readbacks and dispatches per token.";

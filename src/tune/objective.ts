@@ -1,0 +1,131 @@
+/**
+ * What tune-skip optimises. A skip set S is scored by running greedy self-speculation with S on
+ * the calibration prompts and combining the measured tokens and draft steps per round with a cost
+ * model of this device (shared/docs/algorithms.md):
+ *
+ *   predicted speed-up = tokens per round / (draft steps per round * c(S) + v(k))
+ *
+ * c(S) = a draft step's cost over a full step (embedding, head and sampler, plus the kept
+ * sub-layers' measured costs), v(k) = the cost of verifying k + 1 tokens over one step, both
+ * measured once per run. Greedy speculation and the cost model are fixed for a run, so the score is
+ * deterministic: the same S always gets the same value. `tokens-per-second` measures wall-clock
+ * self-speculation against plain decoding instead (noisy, the reference papers' way).
+ */
+import { decode } from "../generate/decode.ts";
+import { speculate, type SpeculateOptions } from "../generate/speculate.ts";
+import { forwardMs, median } from "../generate/timing.ts";
+import { GREEDY } from "../gpu/ops.ts";
+import { type Model, NO_SKIP, type SkipSet } from "../model/model.ts";
+
+/** Per-forward costs of this model on this device, in milliseconds. */
+export interface CostModel {
+  /** A full one-token forward. */
+  stepMs: number;
+  /** One attention / MLP sub-layer of a one-token forward (mean over layers). */
+  attnMs: number;
+  mlpMs: number;
+  /** What every step pays whatever it skips: embedding, final norm and head. */
+  baseMs: number;
+  /** verifyRatio[n] = forward(n tokens) / forward(1 token), n = 1..draftMax + 1. */
+  verifyRatio: number[];
+}
+
+export async function measureCostModel(
+  model: Model,
+  draftMax: number,
+  repeats = 5,
+): Promise<CostModel> {
+  const layers = [...Array(model.cfg.numLayers).keys()];
+  const stepMs = await forwardMs(model, 1, NO_SKIP, repeats);
+  const noAttn = await forwardMs(model, 1, { attn: layers, mlp: [] }, repeats);
+  const noMlp = await forwardMs(model, 1, { attn: [], mlp: layers }, repeats);
+  const attnMs = Math.max(0, (stepMs - noAttn) / layers.length);
+  const mlpMs = Math.max(0, (stepMs - noMlp) / layers.length);
+  const verifyRatio = [0, 1];
+  for (let n = 2; n <= draftMax + 1; n++) {
+    verifyRatio.push((await forwardMs(model, n, NO_SKIP, repeats)) / stepMs);
+  }
+  return {
+    stepMs,
+    attnMs,
+    mlpMs,
+    baseMs: Math.max(0, stepMs - layers.length * (attnMs + mlpMs)),
+    verifyRatio,
+  };
+}
+
+/** A draft step's cost with `skip` over a full step's. */
+export function draftCostRatio(cost: CostModel, skip: SkipSet, layers: number): number {
+  const kept = cost.baseMs + (layers - skip.attn.length) * cost.attnMs +
+    (layers - skip.mlp.length) * cost.mlpMs;
+  return kept / cost.stepMs;
+}
+
+/** What greedy self-speculation with one skip set did on the calibration prompts. */
+export interface Calibration {
+  tokens: number;
+  rounds: number;
+  drafted: number;
+  accepted: number;
+}
+
+export async function calibrate(
+  model: Model,
+  prompts: number[][],
+  skip: SkipSet,
+  options: Pick<SpeculateOptions, "maxNewTokens" | "draftMax" | "stopTokens">,
+): Promise<Calibration & { tokensPerSecond: number }> {
+  const total = { tokens: 0, rounds: 0, drafted: 0, accepted: 0, ms: 0 };
+  for (const prompt of prompts) {
+    const { stats } = await speculate(model, prompt, {
+      ...options,
+      sampling: GREEDY,
+      draft: { kind: "self", skip },
+    });
+    total.tokens += stats.generatedTokens;
+    total.rounds += stats.rounds;
+    total.drafted += stats.drafted;
+    total.accepted += stats.accepted;
+    total.ms += stats.decodeMs;
+  }
+  return { ...total, tokensPerSecond: total.tokens / (total.ms / 1000) };
+}
+
+export function predictedSpeedup(
+  c: Calibration,
+  cost: CostModel,
+  skip: SkipSet,
+  layers: number,
+): number {
+  const tokensPerRound = c.tokens / c.rounds;
+  const draftSteps = c.drafted / c.rounds;
+  const k = Math.min(cost.verifyRatio.length - 2, Math.max(0, Math.round(draftSteps)));
+  const verify = cost.verifyRatio[k + 1];
+  return tokensPerRound / (draftSteps * draftCostRatio(cost, skip, layers) + verify);
+}
+
+/** Plain greedy decoding's tok/s over the calibration prompts (median of `repeats`). */
+export async function decodeTokensPerSecond(
+  model: Model,
+  prompts: number[][],
+  maxNewTokens: number,
+  repeats = 3,
+): Promise<number> {
+  const runs = [];
+  for (let r = 0; r < repeats; r++) {
+    let tokens = 0;
+    let ms = 0;
+    for (const prompt of prompts) {
+      const { stats } = await decode(model, prompt, {
+        maxNewTokens,
+        sampling: GREEDY,
+        skip: NO_SKIP,
+        stopTokens: [],
+      });
+      tokens += stats.generatedTokens - 1;
+      ms += stats.decodeMs;
+    }
+    runs.push(tokens / (ms / 1000));
+  }
+  return median(runs);
+}
