@@ -224,8 +224,9 @@ export async function speculate(
   let dispatches = 0;
   let readbacks = 0;
   // Draft steps recorded per round: a stopped draft's remaining steps still cost their dispatch
-  // overhead, so record one more step than recent rounds used (up to draft-max); a round that
-  // drafts up to the cap raises it for the next command buffer.
+  // overhead, so record as many as the last command buffer's longest draft; when a round drafted
+  // up to that cap (it may have wanted more), the next command buffer records one more, up to
+  // draft-max. The GPU stops drafting at the cap.
   let stepCap = draftMax;
   const recordRound = (rec: Recorder) => {
     for (let i = 0; i < stepCap; i++) {
@@ -290,7 +291,7 @@ export async function speculate(
         if (stop.has(tokens[tokens.length - 1])) stopReason = "stop-token";
       }
     }
-    stepCap = Math.min(draftMax, longest + 1);
+    stepCap = longest >= stepCap ? Math.min(draftMax, stepCap + 1) : Math.max(1, longest);
     if (!finished && opts.shouldStop?.()) {
       stopReason = "interrupted";
       finished = true;
