@@ -1,0 +1,326 @@
+/**
+ * Kernel workbench: times each kernel's variants (rows per invocation, workgroup size, head and
+ * token blocking) on the fixture shapes (hidden 128, 4 q / 2 kv heads of 32, intermediate 384,
+ * vocab 1024, bf16) and on a 1B-like shape (hidden 2048, 32 / 8 heads of 64, intermediate 8192),
+ * for forwards of 1 and 8 tokens, so the choices in src/gpu/ops.ts are measured.
+ *
+ *   deno bench --allow-read --allow-env bench/       (deno task bench:kernels)
+ *
+ * Each iteration records DISPATCHES dispatches (the group name says when fewer) of one variant into
+ * one compute pass, submits it and waits; Deno 2.9 adds a fixed ~10 ms to that wait, so every group
+ * has a `readback only` baseline: a variant's cost per dispatch is (its time - baseline) / count. Variant names
+ * give the defines (R = rows per invocation, T = tokens per invocation, WG = invocations per
+ * workgroup, H = query heads per workgroup); `op` is what the op builder picks.
+ */
+import { storageBuffer, uniformBuffer } from "../src/gpu/buffers.ts";
+import { openGpu } from "../src/gpu/device.ts";
+import {
+  attentionOp,
+  type Epilogue,
+  matmulOp,
+  type Op,
+  type OpContext,
+  Recorder,
+  ropeKvOp,
+  STATE_BYTES,
+  type WeightMatrix,
+} from "../src/gpu/ops.ts";
+import { type Defines, Pipelines } from "../src/gpu/shader.ts";
+import { createMatrix, writeMatrixRows } from "../src/model/weights.ts";
+
+/** Dispatches per iteration on the fixture shapes (fewer on the 1B-like ones: `reps`). */
+const DISPATCHES = 200;
+const ITERATIONS = 4;
+
+const gpu = await openGpu();
+const device = gpu.device;
+const ctx: OpContext = {
+  device,
+  pipelines: new Pipelines(device),
+  state: storageBuffer(device, STATE_BYTES, "state"),
+};
+
+/** Deterministic values in [-a, a). */
+function values(count: number, a = 1, seed = 1): Float32Array<ArrayBuffer> {
+  const out = new Float32Array(count);
+  let s = seed >>> 0;
+  for (let i = 0; i < count; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = (s / 2 ** 32 * 2 - 1) * a;
+  }
+  return out;
+}
+
+function f32Buffer(count: number, a = 1, label = "data"): GPUBuffer {
+  const buffer = storageBuffer(device, count * 4, label);
+  device.queue.writeBuffer(buffer, 0, values(count, a));
+  return buffer;
+}
+
+/** A bf16 matrix (rows x cols), `stack` matrices per chunk (2: gate and up). */
+function bf16Matrix(rows: number, cols: number, stack = 1): WeightMatrix {
+  const m = createMatrix(device, "BF16", rows, cols, gpu.maxBinding, "w", stack);
+  const bits = new Uint16Array(rows * cols);
+  const f = values(rows * cols, 2 / Math.sqrt(cols));
+  const u = new Uint32Array(f.buffer);
+  for (let i = 0; i < bits.length; i++) bits[i] = u[i] >>> 16;
+  for (let part = 0; part < stack; part++) {
+    writeMatrixRows(device, m, 0, new Uint8Array(bits.buffer), part);
+  }
+  return m;
+}
+
+/** One bench: `reps` recordings of `record` per iteration, state = { pos, n }. */
+function bench(
+  group: string,
+  name: string,
+  pos: number,
+  n: number,
+  record: (r: Recorder) => void,
+  reps = DISPATCHES,
+) {
+  Deno.bench({
+    name,
+    group,
+    n: ITERATIONS,
+    warmup: 1,
+    async fn() {
+      device.queue.writeBuffer(ctx.state, 0, new Uint32Array([pos, n, 0, 0]));
+      const encoder = device.createCommandEncoder();
+      const rec = new Recorder(encoder.beginComputePass());
+      for (let i = 0; i < reps; i++) record(rec);
+      rec.pass.end();
+      device.queue.submit([encoder.finish()]);
+      await device.queue.onSubmittedWorkDone();
+    },
+  });
+}
+
+function baseline(group: string) {
+  Deno.bench({
+    name: "readback only",
+    group,
+    baseline: true,
+    n: ITERATIONS,
+    warmup: 1,
+    async fn() {
+      const encoder = device.createCommandEncoder();
+      encoder.beginComputePass().end();
+      device.queue.submit([encoder.finish()]);
+      await device.queue.onSubmittedWorkDone();
+    },
+  });
+}
+
+function opBench(group: string, name: string, op: Op, pos: number, n: number, reps = DISPATCHES) {
+  bench(group, name, pos, n, (r) => op.record(r, n), reps);
+}
+
+// --- matmul ----------------------------------------------------------------------------------
+
+interface MatmulShape {
+  name: string;
+  rows: number;
+  cols: number;
+  epilogue: Epilogue;
+  norm: boolean;
+}
+
+/** matmul.wgsl with explicit ROWS / WG (bindings as in matmulOp), one chunk. */
+function matmulVariant(
+  s: MatmulShape,
+  w: WeightMatrix,
+  io: { x: GPUBuffer; y: GPUBuffer; gain: GPUBuffer },
+  v: { rows: number; tokens: number; wg: number },
+  n: number,
+) {
+  const chunk = w.chunks[0];
+  const epilogue: Defines = {
+    "store": { EPILOGUE_STORE: true },
+    "add": { EPILOGUE_ADD: true },
+    "glu-silu": { EPILOGUE_GLU: true, ACT_SILU: true },
+    "glu-gelu": { EPILOGUE_GLU: true, ACT_GELU_TANH: true },
+  }[s.epilogue];
+  const pipeline = ctx.pipelines.get("matmul", {
+    DTYPE_BF16: true,
+    ...epilogue,
+    NORM: s.norm,
+    ROWS: v.rows,
+    TOKENS: v.tokens,
+    WG: v.wg,
+  });
+  const params = uniformBuffer(device, [
+    ["u32", chunk.rows],
+    ["u32", s.cols],
+    ["u32", s.cols],
+    ["u32", s.rows],
+    ["u32", 0],
+    ["u32", 0],
+    ["f32", 1e-5],
+    ["f32", 0],
+  ], "matmul");
+  const buffers = [params, ctx.state, chunk.buffer, io.x, io.y];
+  if (s.norm) buffers.push(io.gain);
+  const group = device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
+  });
+  const groups = Math.ceil(chunk.rows / (v.rows * v.wg));
+  return (rec: Recorder) => rec.dispatch(pipeline, group, groups, 1, Math.ceil(n / v.tokens));
+}
+
+function matmulBenches(
+  prefix: string,
+  shapes: MatmulShape[],
+  variants: number[][],
+  reps = DISPATCHES,
+) {
+  for (const s of shapes) {
+    const w = bf16Matrix(s.rows, s.cols, s.epilogue.startsWith("glu") ? 2 : 1);
+    const io = {
+      x: f32Buffer(8 * s.cols),
+      y: f32Buffer(8 * s.rows),
+      gain: f32Buffer(s.cols, 1.5),
+    };
+    for (const n of [1, 8]) {
+      const group = `${prefix} matmul ${s.name} ${s.rows}x${s.cols} n=${n} (${reps} dispatches)`;
+      baseline(group);
+      const op = matmulOp(ctx, {
+        w,
+        x: io.x,
+        xStride: s.cols,
+        y: io.y,
+        yStride: s.rows,
+        epilogue: s.epilogue,
+        norm: s.norm ? { gain: io.gain, eps: 1e-5 } : undefined,
+      });
+      opBench(group, "op", op, 40, n, reps);
+      for (const [rows, wg] of variants) {
+        const v = { rows, tokens: n, wg };
+        bench(group, `R=${rows} T=${n} WG=${wg}`, 40, n, matmulVariant(s, w, io, v, n), reps);
+      }
+    }
+  }
+}
+
+matmulBenches(
+  "fixture",
+  [
+    { name: "qkv (norm)", rows: 256, cols: 128, epilogue: "store", norm: true },
+    { name: "o_proj (add)", rows: 128, cols: 128, epilogue: "add", norm: false },
+    { name: "gate/up (norm, glu)", rows: 384, cols: 128, epilogue: "glu-silu", norm: true },
+    { name: "down (add)", rows: 128, cols: 384, epilogue: "add", norm: false },
+    { name: "lm head (norm)", rows: 1024, cols: 128, epilogue: "store", norm: true },
+  ],
+  [[1, 64], [4, 8], [8, 8], [16, 8], [8, 32], [8, 64]],
+);
+
+matmulBenches(
+  "1B-like",
+  [
+    { name: "gate/up (norm, glu)", rows: 8192, cols: 2048, epilogue: "glu-silu", norm: true },
+    { name: "down (add)", rows: 2048, cols: 8192, epilogue: "add", norm: false },
+  ],
+  [[4, 64], [8, 8], [8, 64], [16, 64]],
+  10,
+);
+
+// --- attention and rope_kv -------------------------------------------------------------------
+
+interface AttentionBenchShape {
+  name: string;
+  nHeads: number;
+  nKv: number;
+  headDim: number;
+  ctxLen: number;
+}
+
+/** attention.wgsl with explicit HEADS / TOKENS / WG (bindings as in attentionOp). */
+function attentionVariant(
+  s: AttentionBenchShape,
+  io: { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer; out: GPUBuffer },
+  v: { heads: number; tokens: number; wg: number },
+  n: number,
+) {
+  const dv = s.headDim / 4;
+  let chunks = Math.max(1, Math.floor(v.wg / (v.heads * v.tokens)));
+  while (dv % chunks !== 0) chunks--;
+  const pipeline = ctx.pipelines.get("attention", {
+    HEAD_DIM: s.headDim,
+    HEADS: v.heads,
+    TOKENS: v.tokens,
+    WG: v.wg,
+    CHUNKS: chunks,
+  });
+  const params = uniformBuffer(device, [
+    ["u32", s.nHeads],
+    ["u32", s.nKv],
+    ["u32", s.headDim],
+    ["u32", 0],
+    ["f32", 1 / Math.sqrt(s.headDim)],
+    ["f32", 0],
+  ], "attention");
+  const group = device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries: [params, ctx.state, io.q, io.k, io.v, io.out].map((buffer, binding) => ({
+      binding,
+      resource: { buffer },
+    })),
+  });
+  const x = s.nKv * (s.nHeads / s.nKv / v.heads);
+  return (rec: Recorder) => rec.dispatch(pipeline, group, x, Math.ceil(n / v.tokens));
+}
+
+function attentionBenches(
+  s: AttentionBenchShape,
+  positions: number[],
+  variants: number[][],
+  reps = DISPATCHES,
+) {
+  const d = s.headDim;
+  const io = {
+    qkv: f32Buffer(8 * (s.nHeads + 2 * s.nKv) * d),
+    cosSin: f32Buffer(s.ctxLen * d),
+    q: f32Buffer(8 * s.nHeads * d),
+    k: f32Buffer(s.ctxLen * s.nKv * d),
+    v: f32Buffer(s.ctxLen * s.nKv * d),
+    out: f32Buffer(8 * s.nHeads * d),
+  };
+  const shape = { nHeads: s.nHeads, nKv: s.nKv, headDim: d };
+  const rope = ropeKvOp(ctx, { ...shape, ctxLen: s.ctxLen, ...io });
+  const attention = attentionOp(ctx, {
+    ...shape,
+    window: 0,
+    scale: 1 / Math.sqrt(d),
+    softcap: 0,
+    ...io,
+  });
+  for (const n of [1, 8]) {
+    const ropeGroup = `${s.name} rope_kv n=${n} (${reps} dispatches)`;
+    baseline(ropeGroup);
+    opBench(ropeGroup, "op", rope, positions[0], n, reps);
+    for (const pos of positions) {
+      const group = `${s.name} attention pos=${pos} n=${n} (${reps} dispatches)`;
+      baseline(group);
+      opBench(group, "op", attention, pos, n, reps);
+      for (const [heads, tokens, wg] of variants) {
+        const t = Math.min(tokens, n);
+        const v = { heads, tokens: t, wg };
+        const record = attentionVariant(s, io, v, n);
+        bench(group, `H=${heads} T=${t} WG=${wg}`, pos, n, record, reps);
+      }
+    }
+  }
+}
+
+attentionBenches(
+  { name: "fixture", nHeads: 4, nKv: 2, headDim: 32, ctxLen: 512 },
+  [40, 200],
+  [[1, 1, 8], [2, 1, 8], [2, 4, 8], [2, 8, 8], [2, 8, 4], [2, 4, 16]],
+);
+attentionBenches(
+  { name: "1B-like", nHeads: 32, nKv: 8, headDim: 64, ctxLen: 2048 },
+  [1000],
+  [[1, 1, 8], [4, 1, 8], [4, 2, 8]],
+  20,
+);
