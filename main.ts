@@ -10,12 +10,14 @@ import {
   SELF_SPECULATE_SUMMARY,
   SPECULATE_SUMMARY,
 } from "./src/cli/speculate.ts";
+import { runTuneSkip, TUNE_SKIP_SUMMARY } from "./src/cli/tune_skip.ts";
 import { ExitCode, SkipspecError, UsageError } from "./src/errors.ts";
 
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
   decode: { summary: DECODE_SUMMARY, run: runDecode },
   speculate: { summary: SPECULATE_SUMMARY, run: runSpeculate },
   "self-speculate": { summary: SELF_SPECULATE_SUMMARY, run: runSelfSpeculate },
+  "tune-skip": { summary: TUNE_SKIP_SUMMARY, run: runTuneSkip },
   bench: { summary: BENCH_SUMMARY, run: runBench },
 };
 

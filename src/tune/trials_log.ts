@@ -7,6 +7,7 @@
  */
 import { InputError } from "../errors.ts";
 import type { SkipSet } from "../model/model.ts";
+import type { CostModel } from "./objective.ts";
 
 /** What a log belongs to; a resumed run must match it. */
 export interface RunHeader {
@@ -15,6 +16,11 @@ export interface RunHeader {
   method: string;
   seed: number;
   layers: number;
+}
+
+/** The header line: the run, and the cost model its scores used (a resumed run reuses it). */
+export interface LogHeader extends RunHeader {
+  costModel: CostModel;
 }
 
 export interface Trial {
@@ -34,13 +40,16 @@ export class TrialsLog {
   private constructor(readonly path: string) {}
 
   /** A new log with its header (overwrites `path`). */
-  static create(path: string, header: RunHeader): TrialsLog {
+  static create(path: string, header: LogHeader): TrialsLog {
     Deno.writeTextFileSync(path, JSON.stringify({ header }) + "\n");
     return new TrialsLog(path);
   }
 
   /** The completed trials of an existing log, which must belong to the same run. */
-  static resume(path: string, header: RunHeader): { log: TrialsLog; trials: Trial[] } {
+  static resume(
+    path: string,
+    header: RunHeader,
+  ): { log: TrialsLog; trials: Trial[]; costModel: CostModel } {
     let text: string;
     try {
       text = Deno.readTextFileSync(path);
@@ -77,7 +86,11 @@ export class TrialsLog {
     });
     // Drop a cut-off last line so the next append starts on a line of its own.
     Deno.writeTextFileSync(path, complete.map((l) => l + "\n").join(""));
-    return { log: new TrialsLog(path), trials };
+    const costModel = found.costModel as CostModel;
+    if (!isCostModel(costModel)) {
+      throw new InputError(`--resume ${path}: the header has no valid cost model`);
+    }
+    return { log: new TrialsLog(path), trials, costModel };
   }
 
   append(trial: Trial) {
@@ -101,4 +114,12 @@ function checkTrial(v: Record<string, unknown>, path: string, line: number): Tri
     [...skip.attn, ...skip.mlp].every((i) => Number.isInteger(i));
   if (!ok) throw new InputError(`--resume ${path}: line ${line} is not a valid trial`);
   return v as unknown as Trial;
+}
+
+export function isCostModel(v: unknown): v is CostModel {
+  const c = v as CostModel;
+  const finite = (x: unknown) => typeof x === "number" && Number.isFinite(x);
+  return typeof c === "object" && c !== null && finite(c.stepMs) && c.stepMs > 0 &&
+    finite(c.attnMs) && finite(c.mlpMs) && finite(c.baseMs) && Array.isArray(c.verifyRatio) &&
+    c.verifyRatio.length >= 2 && c.verifyRatio.every(finite);
 }

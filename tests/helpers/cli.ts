@@ -12,19 +12,33 @@ export interface Run {
   stderr: string;
 }
 
-export async function skipspec(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-read", "--allow-env", MAIN, ...args],
+/** Runs `main.ts` with the permissions the deno.json tasks grant (plus `write` where asked). */
+export async function skipspec(
+  args: string[],
+  env: Record<string, string> = {},
+  opts: { write?: string } = {},
+): Promise<Run> {
+  const child = spawnSkipspec(args, env, opts);
+  const timer = setTimeout(() => child.kill(), 240_000); // a hang fails the test instead of CI
+  const out = await child.output();
+  clearTimeout(timer);
+  const decoder = new TextDecoder();
+  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+}
+
+export function spawnSkipspec(
+  args: string[],
+  env: Record<string, string> = {},
+  opts: { write?: string } = {},
+): Deno.ChildProcess {
+  const write = opts.write === undefined ? [] : [`--allow-write=${opts.write}`];
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-read", "--allow-env", ...write, MAIN, ...args],
     env,
     stdout: "piped",
     stderr: "piped",
     stdin: "null",
   }).spawn();
-  const timer = setTimeout(() => child.kill(), 120_000); // a hang fails the test instead of CI
-  const out = await child.output();
-  clearTimeout(timer);
-  const decoder = new TextDecoder();
-  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
 }
 
 /** stderr minus Deno's harmless XDG_RUNTIME_DIR notice. */

@@ -1,0 +1,191 @@
+/**
+ * `tune-skip` end to end on tiny-llama: BO against random search at a fixed budget, the written
+ * skip.json driving self-speculate to exactly greedy decode, a killed run resumed without a trial
+ * lost or repeated, and one-line errors for bad inputs. Runs are kept small (two short calibration
+ * prompts, few tokens) and share one measured cost model so their scores are comparable.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { assertOneLineError, FIXTURE, skipspec, spawnSkipspec } from "./helpers/cli.ts";
+
+const PROMPTS = "ROMEO:\nJULIET:\\nO Romeo, Romeo!\n";
+const SMALL = ["--model", FIXTURE, "--max-new-tokens", "10", "--draft-max", "4"];
+
+async function tempDir(): Promise<string> {
+  return await Deno.makeTempDir({ prefix: "skipspec-tune-" });
+}
+
+let setup: Promise<{ dir: string; prompts: string; costModel: string }> | undefined;
+/** Calibration prompts and a cost model measured once, shared by the runs below. */
+function shared() {
+  setup ??= (async () => {
+    const dir = await tempDir();
+    const prompts = join(dir, "prompts.txt");
+    await Deno.writeTextFile(prompts, PROMPTS);
+    const r = await skipspec(
+      ["tune-skip", ...SMALL, "--prompts", prompts, "--trials", "1", "--out", dir, "--json"],
+      {},
+      { write: dir },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const costModel = join(dir, "cost_model.json");
+    await Deno.writeTextFile(costModel, JSON.stringify(JSON.parse(r.stdout).costModel));
+    return { dir, prompts, costModel };
+  })();
+  return setup;
+}
+
+async function tune(method: string, trials: number, extra: string[] = []) {
+  const { prompts, costModel } = await shared();
+  const out = await tempDir();
+  const r = await skipspec(
+    [
+      "tune-skip",
+      ...SMALL,
+      "--prompts",
+      prompts,
+      "--cost-model",
+      costModel,
+      "--method",
+      method,
+      "--trials",
+      String(trials),
+      "--initial-random",
+      "5",
+      "--seed",
+      "3",
+      "--out",
+      out,
+      "--json",
+      ...extra,
+    ],
+    {},
+    { write: out },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  return { out, result: JSON.parse(r.stdout), log: await readLog(join(out, "trials.jsonl")) };
+}
+
+async function readLog(path: string) {
+  const lines = (await Deno.readTextFile(path)).trim().split("\n").map((l) => JSON.parse(l));
+  return { header: lines[0].header, trials: lines.slice(1) };
+}
+
+Deno.test("tune-skip with BO finds a skip set at least as good as random search with the same budget", async () => {
+  const bo = await tune("bo", 14);
+  const random = await tune("random", 14);
+  const best = (log: { trials: { value: number }[] }) =>
+    Math.max(...log.trials.map((t) => t.value));
+  assert.equal(bo.log.trials.length, 14);
+  assert.equal(random.log.trials.length, 14);
+  assert.ok(bo.log.trials.some((t: { phase: string }) => t.phase === "bo"));
+  assert.ok(random.log.trials.every((t: { phase: string }) => t.phase === "random"));
+  assert.equal(bo.result.bestValue, best(bo.log));
+  assert.ok(
+    best(bo.log) >= best(random.log),
+    `BO best ${best(bo.log)} < random best ${best(random.log)}`,
+  );
+  // The outputs: skip.json in self-speculate's format, and the plot.
+  const skip = JSON.parse(await Deno.readTextFile(join(bo.out, "skip.json")));
+  assert.deepEqual(Object.keys(skip).sort(), ["attn", "mlp"]);
+  assert.deepEqual(skip, bo.result.best);
+  for (const layer of [0, 11]) {
+    assert.ok(!skip.attn.includes(layer) && !skip.mlp.includes(layer), "first and last layer kept");
+  }
+  const svg = await Deno.readTextFile(join(bo.out, "convergence.svg"));
+  assert.match(svg, /^<svg/);
+  assert.ok(Number.isFinite(bo.result.wallClockSpeedup) && bo.result.wallClockSpeedup > 0);
+
+  // self-speculate with the written skip.json reproduces greedy decode exactly.
+  const args = ["--model", FIXTURE, "--prompt", "ROMEO:\n", "--temperature", "0"];
+  const spec = await skipspec([
+    "self-speculate",
+    ...args,
+    "--skip",
+    join(bo.out, "skip.json"),
+    "--json",
+  ]);
+  const plain = await skipspec(["decode", ...args, "--json"]);
+  assert.equal(spec.code, 0, spec.stderr);
+  assert.deepEqual(JSON.parse(spec.stdout).tokens, JSON.parse(plain.stdout).tokens);
+});
+
+Deno.test("a tune-skip run killed mid-way and resumed logs every trial exactly once", async () => {
+  const { prompts, costModel } = await shared();
+  const out = await tempDir();
+  const log = join(out, "trials.jsonl");
+  const args = [
+    "tune-skip",
+    ...SMALL,
+    "--prompts",
+    prompts,
+    "--cost-model",
+    costModel,
+    "--initial-random",
+    "4",
+    "--out",
+    out,
+  ];
+  const child = spawnSkipspec([...args, "--trials", "40"], {}, { write: out });
+  // Kill it hard once three trials are logged.
+  for (let waited = 0; waited < 200; waited++) {
+    await new Promise((r) => setTimeout(r, 300));
+    const text = await Deno.readTextFile(log).catch(() => "");
+    if (text.split("\n").length - 2 >= 3) break;
+  }
+  child.kill("SIGKILL");
+  await child.output();
+  const before = await readLog(log);
+  assert.ok(before.trials.length >= 3 && before.trials.length < 40, `${before.trials.length}`);
+  const r = await skipspec([...args, "--trials", "9", "--resume", log], {}, { write: out });
+  assert.equal(r.code, 0, r.stderr);
+  const after = await readLog(log);
+  assert.deepEqual(after.trials.map((t: { trial: number }) => t.trial), [...Array(9).keys()]);
+  assert.deepEqual(after.trials.slice(0, before.trials.length), before.trials, "no trial lost");
+  const keys = after.trials.map((t: { skip: unknown }) => JSON.stringify(t.skip));
+  assert.equal(new Set(keys).size, keys.length, "no skip set evaluated twice");
+});
+
+Deno.test("tune-skip rejects bad inputs with one-line errors", async () => {
+  const { costModel, dir } = await shared();
+  const empty = join(dir, "empty.txt");
+  await Deno.writeTextFile(empty, "\n\n");
+  const noPrompts = await skipspec(["tune-skip", ...SMALL, "--prompts", empty, "--out", dir], {}, {
+    write: dir,
+  });
+  assertOneLineError(noPrompts, 5, /no prompts in the file/);
+
+  // The shared run's own header, then a line that is not JSON.
+  const headerLine = (await Deno.readTextFile(join(dir, "trials.jsonl"))).split("\n")[0];
+  const badLog = join(dir, "bad.jsonl");
+  await Deno.writeTextFile(badLog, `${headerLine}\nnot json\n`);
+  const resumed = await skipspec(
+    [
+      "tune-skip",
+      ...SMALL,
+      "--prompts",
+      (await shared()).prompts,
+      "--cost-model",
+      costModel,
+      "--resume",
+      badLog,
+      "--out",
+      dir,
+    ],
+    {},
+    { write: dir },
+  );
+  assertOneLineError(resumed, 5, /--resume .*bad\.jsonl: line 2 is not a JSON object/);
+
+  const impossible = await skipspec([
+    "tune-skip",
+    ...SMALL,
+    "--keep",
+    [...Array(12).keys()].join(","),
+    "--min-skip",
+    "0.5",
+  ]);
+  assertOneLineError(impossible, 2, /tune-skip: /);
+  const unknown = await skipspec(["tune-skip", "--method", "annealing"]);
+  assertOneLineError(unknown, 2, /--method must be one of bo, random/);
+});
