@@ -10,7 +10,7 @@
 import { decode } from "../generate/decode.ts";
 import { type DraftSource, speculate, type SpeculationStats } from "../generate/speculate.ts";
 import { GREEDY } from "../gpu/ops.ts";
-import { Model, NO_SKIP, type SkipSet } from "../model/model.ts";
+import { Model, NO_SKIP } from "../model/model.ts";
 import { defaultSkipSetPath, readSkipSet, skipCount } from "../model/skip.ts";
 import { forwardMs, median } from "../generate/timing.ts";
 
