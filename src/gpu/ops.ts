@@ -263,7 +263,7 @@ export function attentionOp(
   },
 ): Op {
   if (a.headDim > 256) throw new Error(`head_dim ${a.headDim} > 256 is not supported`);
-  if (a.headDim % 4 !== 0) throw new Error(`head_dim ${a.headDim} is not a multiple of 4`);
+  if (a.headDim % 16 !== 0) throw new Error(`head_dim ${a.headDim} is not a multiple of 16`);
   const params = uniformBuffer(ctx.device, [
     ["u32", a.nHeads],
     ["u32", a.nKv],
