@@ -2,23 +2,27 @@
 import { Recorder } from "../gpu/ops.ts";
 import type { Model, SkipSet } from "../model/model.ts";
 
-/** Milliseconds of one forward of `n` tokens (median of `repeats`, 10 forwards each). */
+/**
+ * Milliseconds of one forward of `n` tokens: the difference between a submission of 24 forwards
+ * and one of 4, over 20, so the fixed cost of a submission and of waiting for it (Deno sleeps
+ * ~10 ms in onSubmittedWorkDone) cancels out. Median of `repeats`.
+ */
 export async function forwardMs(model: Model, n: number, skip: SkipSet, repeats: number) {
-  const once = async () => {
+  const timed = async (forwards: number) => {
     model.writeInput(Array.from({ length: n }, (_, i) => i + 1), 8);
     const encoder = model.device.createCommandEncoder();
     const rec = new Recorder(encoder.beginComputePass());
-    for (let i = 0; i < 10; i++) model.recordForward(rec, n, skip, "all");
+    for (let i = 0; i < forwards; i++) model.recordForward(rec, n, skip, "all");
     rec.pass.end();
     const start = performance.now();
     model.device.queue.submit([encoder.finish()]);
     await model.device.queue.onSubmittedWorkDone();
-    return (performance.now() - start) / 10;
+    return performance.now() - start;
   };
-  await once();
+  await timed(4);
   const times = [];
-  for (let i = 0; i < repeats; i++) times.push(await once());
-  return median(times);
+  for (let i = 0; i < repeats; i++) times.push(((await timed(24)) - (await timed(4))) / 20);
+  return Math.max(1e-3, median(times));
 }
 
 export function median(values: number[]): number {
