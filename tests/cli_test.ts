@@ -167,7 +167,15 @@ Deno.test("bad model folders are one-line model errors (exit 3)", async () => {
     3,
     /config\.json is not valid JSON/,
   );
-  for (const dir of [gpt2, deeper, wider, cut, garbage]) {
+  const oddHeads = await modelWith(FIXTURE, {
+    "config.json": await editedConfig(FIXTURE, (c) => (c.head_dim = 40)),
+  });
+  assertOneLineError(
+    await skipspec(["decode", "--model", oddHeads, "--prompt", "x"]),
+    3,
+    /head_dim 40 is not supported \(a multiple of 16, at most 256\)/,
+  );
+  for (const dir of [gpt2, deeper, wider, cut, garbage, oddHeads]) {
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -129,8 +129,11 @@ export function resolveConfig(raw: unknown): ModelConfig {
     );
   }
   const headDim = positiveInt(cfg, "head_dim", hiddenSize / numHeads);
-  if (headDim % 2 !== 0 || headDim > 256) {
-    throw new ModelError(`config.json: head_dim ${headDim} must be even and at most 256`);
+  // The attention kernel holds head rows as 4x4 blocks (kernels/attention.wgsl).
+  if (headDim % 16 !== 0 || headDim > 256) {
+    throw new ModelError(
+      `config.json: head_dim ${headDim} is not supported (a multiple of 16, at most 256)`,
+    );
   }
   const eos = cfg.eos_token_id;
   const eosTokenIds = eos === undefined ? [] : Array.isArray(eos) ? eos : [eos];
