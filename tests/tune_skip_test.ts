@@ -35,33 +35,27 @@ function shared() {
   return setup;
 }
 
-async function tune(method: string, trials: number, extra: string[] = []) {
-  const { prompts, costModel } = await shared();
+/** tune-skip on the shared prompts and cost model, writing into `out`. */
+function tuneArgs(out: string, extra: string[]): Promise<string[]> {
+  return shared().then(({ prompts, costModel }) => [
+    "tune-skip",
+    ...SMALL,
+    "--prompts",
+    prompts,
+    "--cost-model",
+    costModel,
+    "--out",
+    out,
+    ...extra,
+  ]);
+}
+
+async function tune(method: string, trials: number) {
   const out = await tempDir();
-  const r = await skipspec(
-    [
-      "tune-skip",
-      ...SMALL,
-      "--prompts",
-      prompts,
-      "--cost-model",
-      costModel,
-      "--method",
-      method,
-      "--trials",
-      String(trials),
-      "--initial-random",
-      "5",
-      "--seed",
-      "3",
-      "--out",
-      out,
-      "--json",
-      ...extra,
-    ],
-    {},
-    { write: out },
-  );
+  const extra = ["--method", method, "--trials", String(trials), "--initial-random", "5"];
+  const r = await skipspec(await tuneArgs(out, [...extra, "--seed", "3", "--json"]), {}, {
+    write: out,
+  });
   assert.equal(r.code, 0, r.stderr);
   return { out, result: JSON.parse(r.stdout), log: await readLog(join(out, "trials.jsonl")) };
 }
@@ -111,21 +105,9 @@ Deno.test("tune-skip with BO finds a skip set at least as good as random search 
 });
 
 Deno.test("a tune-skip run killed mid-way and resumed logs every trial exactly once", async () => {
-  const { prompts, costModel } = await shared();
   const out = await tempDir();
   const log = join(out, "trials.jsonl");
-  const args = [
-    "tune-skip",
-    ...SMALL,
-    "--prompts",
-    prompts,
-    "--cost-model",
-    costModel,
-    "--initial-random",
-    "4",
-    "--out",
-    out,
-  ];
+  const args = await tuneArgs(out, ["--initial-random", "4"]);
   const child = spawnSkipspec([...args, "--trials", "40"], {}, { write: out });
   // Kill it hard once three trials are logged.
   for (let waited = 0; waited < 200; waited++) {

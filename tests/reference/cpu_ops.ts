@@ -11,17 +11,8 @@ import type { Epilogue, WeightDType } from "../../src/gpu/ops.ts";
 
 // --- seeded random inputs --------------------------------------------------------------------
 
-/** mulberry32: a small seeded PRNG returning floats in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32, the project's seeded PRNG (one implementation, in src/tune/bo.ts). */
+export { mulberry32 } from "../../src/tune/bo.ts";
 
 /** A 32-bit seed from a label (FNV-1a), so every test case draws its own reproducible inputs. */
 export function seedFrom(label: string): number {
