@@ -128,6 +128,27 @@ Deno.test("a tune-skip run killed mid-way and resumed logs every trial exactly o
   assert.equal(new Set(keys).size, keys.length, "no skip set evaluated twice");
 });
 
+Deno.test("Ctrl-C stops tune-skip after the trial in progress with every output written (exit 130)", async () => {
+  const out = await tempDir();
+  const log = join(out, "trials.jsonl");
+  const child = spawnSkipspec(await tuneArgs(out, ["--trials", "40"]), {}, { write: out });
+  for (let waited = 0; waited < 200; waited++) {
+    await new Promise((r) => setTimeout(r, 300));
+    const text = await Deno.readTextFile(log).catch(() => "");
+    if (text.split("\n").length - 2 >= 2) break;
+  }
+  child.kill("SIGINT");
+  const { code } = await child.output();
+  assert.equal(code, 130);
+  const { trials } = await readLog(log);
+  assert.ok(trials.length >= 2 && trials.length < 40, `${trials.length} trials`);
+  const best = trials.reduce((a: { value: number }, b: { value: number }) =>
+    b.value > a.value ? b : a
+  );
+  assert.deepEqual(JSON.parse(await Deno.readTextFile(join(out, "skip.json"))), best.skip);
+  assert.match(await Deno.readTextFile(join(out, "convergence.svg")), /^<svg/);
+});
+
 Deno.test("tune-skip rejects bad inputs with one-line errors", async () => {
   const { costModel, dir } = await shared();
   const empty = join(dir, "empty.txt");
