@@ -57,6 +57,11 @@ export async function main(argv: string[]): Promise<number> {
       console.error(`skipspec: ${e.message.split("\n")[0]}`);
       return e.exitCode;
     }
+    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
+      // A file the run needs is outside what Deno's permissions (or the OS) allow.
+      console.error(`skipspec: ${(e as Error).message.split("\n")[0]}`);
+      return ExitCode.badInput;
+    }
     console.error("skipspec: internal error (a bug):", e);
     return ExitCode.internal;
   }

@@ -49,6 +49,7 @@ fn main(@builtin(local_invocation_id) lid3: vec3<u32>) {
       draft_q[i * params.vocab + t] = kept_weight(row, keep, t) / keep.mass;
     }
   }
+  storageBarrier();  // every invocation is done reading presence before it is marked below
   if (lid == 0u) {
     spec.tokens[i + 1u] = token;
     spec.draft_prob[i] = prob;

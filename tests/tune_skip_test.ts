@@ -119,7 +119,17 @@ Deno.test("a tune-skip run killed mid-way and resumed logs every trial exactly o
   await child.output();
   const before = await readLog(log);
   assert.ok(before.trials.length >= 3 && before.trials.length < 40, `${before.trials.length}`);
-  const r = await skipspec([...args, "--trials", "9", "--resume", log], {}, { write: out });
+  // Resuming reuses the log's own cost model (and refuses another).
+  const withCostModel = await skipspec([...args, "--trials", "9", "--resume", log], {}, {
+    write: out,
+  });
+  assertOneLineError(withCostModel, 2, /--resume reuses the log's cost model/);
+  // Without write access to --out: a one-line error, not a stack trace.
+  const readOnly = await skipspec([...args, "--trials", "9", "--out", await tempDir()]);
+  assertOneLineError(readOnly, 5, /write access/);
+  const at = args.indexOf("--cost-model");
+  const resumeArgs = [...args.slice(0, at), ...args.slice(at + 2), "--trials", "9"];
+  const r = await skipspec([...resumeArgs, "--resume", log], {}, { write: out });
   assert.equal(r.code, 0, r.stderr);
   const after = await readLog(log);
   assert.deepEqual(after.trials.map((t: { trial: number }) => t.trial), [...Array(9).keys()]);
@@ -150,7 +160,7 @@ Deno.test("Ctrl-C stops tune-skip after the trial in progress with every output 
 });
 
 Deno.test("tune-skip rejects bad inputs with one-line errors", async () => {
-  const { costModel, dir } = await shared();
+  const { dir, prompts } = await shared();
   const empty = join(dir, "empty.txt");
   await Deno.writeTextFile(empty, "\n\n");
   const noPrompts = await skipspec(["tune-skip", ...SMALL, "--prompts", empty, "--out", dir], {}, {
@@ -168,8 +178,6 @@ Deno.test("tune-skip rejects bad inputs with one-line errors", async () => {
       ...SMALL,
       "--prompts",
       (await shared()).prompts,
-      "--cost-model",
-      costModel,
       "--resume",
       badLog,
       "--out",
@@ -179,6 +187,31 @@ Deno.test("tune-skip rejects bad inputs with one-line errors", async () => {
     { write: dir },
   );
   assertOneLineError(resumed, 5, /--resume .*bad\.jsonl: line 2 is not a JSON object/);
+  // A trial naming a layer the model does not have.
+  const trial = {
+    trial: 0,
+    phase: "random",
+    skip: { attn: [12], mlp: [] },
+    value: 1,
+    tokensPerRound: 1,
+    draftStepsPerRound: 1,
+    acceptanceRate: 1,
+    ms: 1,
+  };
+  await Deno.writeTextFile(badLog, `${headerLine}\n${JSON.stringify(trial)}\n`);
+  const resumeArgs = ["tune-skip", ...SMALL, "--prompts", prompts, "--out", dir];
+  assertOneLineError(
+    await skipspec([...resumeArgs, "--resume", badLog], {}, { write: dir }),
+    5,
+    /line 2 is not a valid trial/,
+  );
+  // A run whose settings differ from the log's.
+  const changed = await skipspec(
+    [...resumeArgs, "--resume", join(dir, "trials.jsonl"), "--max-new-tokens", "12"],
+    {},
+    { write: dir },
+  );
+  assertOneLineError(changed, 5, /the log is for maxNewTokens 10, this run has 12/);
 
   const impossible = await skipspec([
     "tune-skip",

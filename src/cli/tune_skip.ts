@@ -21,7 +21,13 @@ import {
   predictedSpeedup,
 } from "../tune/objective.ts";
 import { convergenceSvg } from "../tune/plot.ts";
-import { isCostModel, type RunHeader, type Trial, TrialsLog } from "../tune/trials_log.ts";
+import {
+  isCostModel,
+  promptsHash,
+  type RunHeader,
+  type Trial,
+  TrialsLog,
+} from "../tune/trials_log.ts";
 import { helpText, parseFlags } from "./flags.ts";
 import { DEFAULT_MODEL, untilInterrupted } from "./session.ts";
 
@@ -181,6 +187,9 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
     flags.objective ?? "predicted-speedup",
     ["predicted-speedup", "tokens-per-second"] as const,
   );
+  if (flags.resume !== undefined && flags["cost-model"] !== undefined) {
+    throw new UsageError("tune-skip: --resume reuses the log's cost model; drop --cost-model");
+  }
   const dir = flags.model ?? DEFAULT_MODEL;
   const trials = flags.trials ?? 100;
   const maxNewTokens = flags["max-new-tokens"] ?? 32;
@@ -212,7 +221,22 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
   }
   const out = flags.out ?? dir;
   await Deno.mkdir(out, { recursive: true });
-  const header: RunHeader = { model: dir, objective, method, seed, layers };
+  const header: RunHeader = {
+    model: dir,
+    objective,
+    method,
+    acquisition,
+    initialRandom: flags["initial-random"] ?? 10,
+    seed,
+    layers,
+    draftMax,
+    maxNewTokens,
+    keep: keep.join(","),
+    minSkip: flags["min-skip"] ?? 0,
+    maxSkip: flags["max-skip"] ?? 0.8,
+    prompts: promptsHash(prompts),
+  };
+
   const resumed = flags.resume !== undefined ? TrialsLog.resume(flags.resume, header) : undefined;
   const say = (line: string) => flags.json || console.error(line);
   // Measured once per run (or taken from the resumed log or --cost-model): the cost model, and
@@ -258,7 +282,7 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
       seed,
       method,
       acquisition,
-      initialRandom: flags["initial-random"] ?? 10,
+      initialRandom: header.initialRandom,
       history,
       signal: stop.signal,
       onTrial: (t: Point & { index: number; phase: Phase }) => {

@@ -14,8 +14,18 @@ export interface RunHeader {
   model: string;
   objective: string;
   method: string;
+  acquisition: string;
+  initialRandom: number;
   seed: number;
   layers: number;
+  draftMax: number;
+  maxNewTokens: number;
+  /** Layers never skipped, comma-separated. */
+  keep: string;
+  minSkip: number;
+  maxSkip: number;
+  /** A hash of the tokenized calibration prompts. */
+  prompts: string;
 }
 
 /** The header line: the run, and the cost model its scores used (a resumed run reuses it). */
@@ -78,7 +88,9 @@ export class TrialsLog {
         );
       }
     }
-    const trials = complete.slice(1).map((line, i) => checkTrial(parse(line, i + 1), path, i + 2));
+    const trials = complete.slice(1).map((line, i) =>
+      checkTrial(parse(line, i + 1), path, i + 2, header.layers)
+    );
     trials.forEach((t, i) => {
       if (t.trial !== i) {
         throw new InputError(`--resume ${path}: line ${i + 2} is trial ${t.trial}, expected ${i}`);
@@ -98,7 +110,7 @@ export class TrialsLog {
   }
 }
 
-function checkTrial(v: Record<string, unknown>, path: string, line: number): Trial {
+function checkTrial(v: Record<string, unknown>, path: string, line: number, layers: number): Trial {
   const skip = v.skip as Record<string, unknown> | undefined;
   const numbers = [
     "trial",
@@ -111,7 +123,10 @@ function checkTrial(v: Record<string, unknown>, path: string, line: number): Tri
   const ok = numbers.every((k) => typeof v[k] === "number" && Number.isFinite(v[k])) &&
     (v.phase === "random" || v.phase === "bo") && skip !== undefined &&
     Array.isArray(skip.attn) && Array.isArray(skip.mlp) &&
-    [...skip.attn, ...skip.mlp].every((i) => Number.isInteger(i));
+    [skip.attn, skip.mlp].every((list) =>
+      new Set(list).size === list.length &&
+      list.every((i) => Number.isInteger(i) && i >= 0 && i < layers)
+    );
   if (!ok) throw new InputError(`--resume ${path}: line ${line} is not a valid trial`);
   return v as unknown as Trial;
 }
@@ -122,4 +137,13 @@ export function isCostModel(v: unknown): v is CostModel {
   return typeof c === "object" && c !== null && finite(c.stepMs) && c.stepMs > 0 &&
     finite(c.attnMs) && finite(c.mlpMs) && finite(c.baseMs) && Array.isArray(c.verifyRatio) &&
     c.verifyRatio.length >= 2 && c.verifyRatio.every(finite);
+}
+
+/** FNV-1a of the tokenized prompts: a resumed run must calibrate on the same tokens. */
+export function promptsHash(prompts: number[][]): string {
+  let h = 0x811c9dc5;
+  for (const ch of JSON.stringify(prompts)) {
+    h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193) >>> 0;
+  }
+  return h.toString(16).padStart(8, "0");
 }
