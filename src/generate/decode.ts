@@ -68,12 +68,7 @@ export function prefill(model: Model, tokens: number[], skip: SkipSet): number {
   const maxBatch = model.act.maxBatch;
   let start = 0;
   for (; start + maxBatch < tokens.length; start += maxBatch) {
-    model.writeInput(tokens.slice(start, start + maxBatch), start);
-    const encoder = model.device.createCommandEncoder();
-    const rec = new Recorder(encoder.beginComputePass());
-    model.recordForward(rec, maxBatch, skip, "none");
-    rec.pass.end();
-    model.device.queue.submit([encoder.finish()]);
+    model.forward(tokens.slice(start, start + maxBatch), start, skip, "none");
   }
   return start;
 }

@@ -193,12 +193,7 @@ export async function speculate(
   for (const model of separate ? [target, separate] : [target]) {
     if (head.length === 0) continue;
     const lastChunk = prefill(model, head, NO_SKIP);
-    model.writeInput(head.slice(lastChunk), lastChunk);
-    const encoder = device.createCommandEncoder();
-    const rec = new Recorder(encoder.beginComputePass());
-    model.recordForward(rec, head.length - lastChunk, NO_SKIP, "none");
-    rec.pass.end();
-    device.queue.submit([encoder.finish()]);
+    model.forward(head.slice(lastChunk), lastChunk, NO_SKIP, "none");
   }
   const p = head.length;
   const drafting = budget >= 2 ? 1 : 0;
