@@ -117,7 +117,7 @@ Deno.test("a missing tokenizer.json gives a ModelError that names it", async () 
   await withModelDir({ "tokenizer_config.json": await llamaConfig() }, async (dir) => {
     await assert.rejects(ModelTokenizer.load(dir), (e: unknown) => {
       assert.ok(e instanceof ModelError);
-      assert.match(e.message, /tokenizer\.json not found/);
+      assert.match(e.message, /tokenizer\.json: file not found/);
       return true;
     });
   });

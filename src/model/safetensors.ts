@@ -7,6 +7,7 @@
  */
 import { join } from "node:path";
 import { ModelError } from "../errors.ts";
+import { fileError, openFile, readJson } from "../files.ts";
 
 export type DType = "F32" | "F16" | "BF16";
 
@@ -201,41 +202,11 @@ export function parseSafetensorsHeader(
   return { tensors, metadata, dataStart, fileSize };
 }
 
-/** Turn a file-system error into a one-line ModelError; anything else (a bug) passes through. */
-function ioError(path: string, e: unknown): unknown {
-  if (e instanceof ModelError) return e;
-  if (e instanceof Deno.errors.NotFound) return new ModelError(`${path}: not found`);
-  if (e instanceof Deno.errors.IsADirectory) {
-    return new ModelError(`${path}: is a directory, expected a file`);
-  }
-  if (e instanceof Deno.errors.PermissionDenied) {
-    return new ModelError(`${path}: permission denied`);
-  }
-  if (Object.values(Deno.errors).some((C) => e instanceof C)) {
-    return new ModelError(`${path}: cannot read (${(e as Error).message.split("\n")[0]})`);
-  }
-  return e;
-}
-
 async function io<T>(path: string, op: () => Promise<T>): Promise<T> {
   try {
     return await op();
   } catch (e) {
-    throw ioError(path, e);
-  }
-}
-
-/** Open a regular file for reading; the caller closes it. */
-async function openFile(path: string): Promise<{ file: Deno.FsFile; size: number }> {
-  const file = await io(path, () => Deno.open(path, { read: true }));
-  try {
-    const info = await io(path, () => file.stat());
-    if (info.isDirectory) throw new ModelError(`${path}: is a directory, expected a file`);
-    if (!info.isFile) throw new ModelError(`${path}: is not a regular file`);
-    return { file, size: info.size };
-  } catch (e) {
-    file.close();
-    throw e;
+    throw fileError(e, path, ModelError);
   }
 }
 
@@ -257,7 +228,7 @@ async function readFully(
 
 /** Open a file, read just the header (8-byte little-endian u64 length + JSON), validate. */
 export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
-  const { file, size } = await openFile(path);
+  const { file, size } = await openFile(path, ModelError);
   try {
     const prefix = await readFully(file, Math.min(8, size), path);
     let bytes = prefix;
@@ -282,7 +253,7 @@ async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
     return await Deno.stat(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
-    throw ioError(path, e);
+    throw fileError(e, path, ModelError);
   }
 }
 
@@ -291,20 +262,7 @@ async function readWeightMap(indexPath: string): Promise<Record<string, string>>
   const fail = (problem: string): never => {
     throw new ModelError(`${indexPath}: ${problem}`);
   };
-  const { file, size } = await openFile(indexPath);
-  let bytes: Uint8Array;
-  try {
-    if (size > MAX_INDEX_BYTES) fail(`${size} bytes is over the ${MAX_INDEX_BYTES}-byte limit`);
-    bytes = await readFully(file, size, indexPath);
-  } finally {
-    file.close();
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes!));
-  } catch (e) {
-    fail(`not valid UTF-8 JSON (${String((e as Error).message).split("\n")[0]})`);
-  }
+  const json = await readJson(indexPath, ModelError, { maxBytes: MAX_INDEX_BYTES });
   if (!isObject(json)) fail(`must be a JSON object, got ${kind(json)}`);
   const weightMap = (json as Record<string, unknown>).weight_map;
   if (weightMap === undefined) fail(`has no "weight_map"`);
@@ -384,7 +342,7 @@ export async function readTensorPieces(
   if (!Number.isSafeInteger(pieceBytes) || pieceBytes <= 0) {
     throw new RangeError(`pieceBytes must be a positive integer, got ${pieceBytes}`);
   }
-  const { file } = await openFile(t.file);
+  const { file } = await openFile(t.file, ModelError);
   try {
     await io(t.file, () => file.seek(t.offset, Deno.SeekMode.Start));
     for (let done = 0; done < t.byteLength;) {

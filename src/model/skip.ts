@@ -1,5 +1,6 @@
 /** Skip sets as users write them: `{ "attn": [layers], "mlp": [layers] }`, inline or in a file. */
 import { InputError } from "../errors.ts";
+import { readText } from "../files.ts";
 import type { SkipSet } from "./model.ts";
 
 /** Where tune-skip writes a model's skip set and self-speculate looks for it. */
@@ -50,15 +51,6 @@ export function parseSkipSet(text: string, numLayers: number, source = "skip set
 /** `--skip` takes inline JSON (starting with "{") or a path to a JSON file. */
 export async function readSkipSet(arg: string, numLayers: number): Promise<SkipSet> {
   if (arg.trim().startsWith("{")) return parseSkipSet(arg, numLayers, "--skip");
-  let text: string;
-  try {
-    text = await Deno.readTextFile(arg);
-  } catch (e) {
-    throw new InputError(
-      `--skip ${arg}: ${
-        e instanceof Deno.errors.NotFound ? "file not found" : (e as Error).message
-      }`,
-    );
-  }
+  const text = await readText(arg, InputError, { label: `--skip ${arg}` });
   return parseSkipSet(text, numLayers, arg);
 }

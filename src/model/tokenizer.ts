@@ -6,6 +6,7 @@
 import { Tokenizer } from "@huggingface/tokenizers";
 import { Template } from "@huggingface/jinja";
 import { InputError, ModelError } from "../errors.ts";
+import { detail, readJsonObject } from "../files.ts";
 
 export interface ChatMessage {
   role: "user" | "assistant" | "system";
@@ -13,30 +14,6 @@ export interface ChatMessage {
 }
 
 type Json = Record<string, unknown>;
-
-/** An error's message on one line. */
-const oneLine = (e: unknown) =>
-  (e instanceof Error ? e.message : String(e)).replace(/\s*\n\s*/g, " ").trim();
-
-async function readJson(path: string): Promise<Json> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new ModelError(`${path} not found`);
-    throw new ModelError(`cannot read ${path}: ${oneLine(e)}`);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch (e) {
-    throw new ModelError(`${path} is not valid JSON: ${oneLine(e)}`);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new ModelError(`${path} must hold a JSON object`);
-  }
-  return value as Json;
-}
 
 /** A special token in tokenizer_config.json: a string, or an AddedToken object `{content}`. */
 function tokenText(value: unknown): string | undefined {
@@ -79,13 +56,13 @@ export class ModelTokenizer {
   static async load(modelDir: string): Promise<ModelTokenizer> {
     const dir = modelDir.replace(/\/+$/, "");
     const tokenizerPath = `${dir}/tokenizer.json`, configPath = `${dir}/tokenizer_config.json`;
-    const json = await readJson(tokenizerPath);
-    const config = await readJson(configPath);
+    const json = await readJsonObject(tokenizerPath, ModelError);
+    const config = await readJsonObject(configPath, ModelError);
     let tok: Tokenizer;
     try {
       tok = new Tokenizer(json, config);
     } catch (e) {
-      throw new ModelError(`${tokenizerPath} cannot be used: ${oneLine(e)}`);
+      throw new ModelError(`${tokenizerPath} cannot be used: ${detail(e)}`);
     }
     return new ModelTokenizer(tok, config, configPath);
   }
@@ -120,7 +97,7 @@ export class ModelTokenizer {
         this.#template = new Template(text);
       } catch (e) {
         throw new ModelError(
-          `the chat template in ${this.configPath} cannot be parsed: ${oneLine(e)}`,
+          `the chat template in ${this.configPath} cannot be parsed: ${detail(e)}`,
         );
       }
     }
@@ -132,7 +109,7 @@ export class ModelTokenizer {
         eos_token: tokenText(this.config.eos_token) ?? "",
       });
     } catch (e) {
-      throw new InputError(`the chat template refused the messages: ${oneLine(e)}`);
+      throw new InputError(`the chat template refused the messages: ${detail(e)}`);
     }
   }
 }

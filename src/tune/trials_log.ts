@@ -6,6 +6,7 @@
  * trial that was in progress and is run again.
  */
 import { InputError } from "../errors.ts";
+import { readTextSync } from "../files.ts";
 import type { SkipSet } from "../model/model.ts";
 import type { CostModel } from "./objective.ts";
 
@@ -60,12 +61,7 @@ export class TrialsLog {
     path: string,
     header: RunHeader,
   ): { log: TrialsLog; trials: Trial[]; costModel: CostModel } {
-    let text: string;
-    try {
-      text = Deno.readTextFileSync(path);
-    } catch (e) {
-      throw new InputError(`--resume ${path}: ${(e as Error).message.split("\n")[0]}`);
-    }
+    const text = readTextSync(path, InputError, { label: `--resume ${path}` });
     // The last piece is "" after a final newline, or a line cut off mid-write: drop it either way.
     const complete = text.split("\n").slice(0, -1);
     if (complete.length === 0) throw new InputError(`--resume ${path}: the log has no header line`);
