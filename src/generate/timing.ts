@@ -1,18 +1,40 @@
 /** Timing helpers shared by bench and tune-skip's cost model. */
 import { Recorder } from "../gpu/ops.ts";
+import { GpuTimer } from "../gpu/profile.ts";
 import type { Model, SkipSet } from "../model/model.ts";
 
+const timers = new WeakMap<GPUDevice, GpuTimer | null>();
+
+/** The device's timestamp timer (one per device), or undefined without `timestamp-query`. */
+export function timerFor(model: Model): GpuTimer | undefined {
+  let timer = timers.get(model.device);
+  if (timer === undefined) {
+    timer = GpuTimer.for(model.gpu) ?? null;
+    timers.set(model.device, timer);
+  }
+  return timer ?? undefined;
+}
+
 /**
- * Milliseconds of one forward of `n` tokens: the difference between a submission of 24 forwards
- * and one of 4, over 20, so the fixed cost of a submission and of waiting for it (Deno sleeps
- * ~10 ms in onSubmittedWorkDone) cancels out. Median of `repeats`.
+ * Milliseconds of one forward of `n` tokens, median of `repeats`: GPU time from timestamp queries
+ * where the device has them; else the difference between a submission of 24 forwards and one of 4,
+ * over 20, so the fixed cost of a submission and of waiting for it (Deno sleeps ~10 ms in
+ * onSubmittedWorkDone) cancels out.
  */
 export async function forwardMs(model: Model, n: number, skip: SkipSet, repeats: number) {
+  model.writeInput(Array.from({ length: n }, (_, i) => i + 1), 8);
+  const timer = timerFor(model);
+  const record = (rec: Recorder) => model.recordForward(rec, n, skip, "all");
+  if (timer) {
+    await timer.passMs(record); // compiles the pipelines
+    const times = [];
+    for (let i = 0; i < repeats; i++) times.push(await timer.passMs(record));
+    return Math.max(1e-3, median(times));
+  }
   const timed = async (forwards: number) => {
-    model.writeInput(Array.from({ length: n }, (_, i) => i + 1), 8);
     const encoder = model.device.createCommandEncoder();
     const rec = new Recorder(encoder.beginComputePass());
-    for (let i = 0; i < forwards; i++) model.recordForward(rec, n, skip, "all");
+    for (let i = 0; i < forwards; i++) record(rec);
     rec.pass.end();
     const start = performance.now();
     model.device.queue.submit([encoder.finish()]);

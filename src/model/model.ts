@@ -14,8 +14,8 @@ import { buildGemma2 } from "./gemma2.ts";
 import { KvCache } from "./kv_cache.ts";
 import { buildLlama } from "./llama.ts";
 import { cosSinTable, inverseFrequencies } from "./rope.ts";
-import { loadSafetensorsIndex } from "./safetensors.ts";
-import { WeightLoader } from "./weights.ts";
+import { loadSafetensorsIndex, readTensorPieces } from "./safetensors.ts";
+import { WeightLoader, type WeightSource } from "./weights.ts";
 
 /** Sub-layers to skip, by 0-based layer index. */
 export interface SkipSet {
@@ -102,9 +102,16 @@ export class Model {
     return this.ctx.state;
   }
 
+  /** Loads a model folder: config.json and safetensors. */
   static async load(dir: string, options: LoadOptions = {}): Promise<Model> {
     const cfg = resolveConfig(await readJson(`${dir}/config.json`));
     const tensors = await loadSafetensorsIndex(dir);
+    return await Model.create({ name: dir, cfg, tensors, read: readTensorPieces }, options);
+  }
+
+  /** Builds a model from any weight source (a folder, or a synthetic shape for benchmarks). */
+  static async create(source: WeightSource, options: LoadOptions = {}): Promise<Model> {
+    const { name: dir, cfg, tensors } = source;
     const gpu = await openGpu();
     const device = gpu.device;
     const contextLength = options.contextLength ?? Math.min(cfg.maxPositions, 4096);
@@ -129,6 +136,7 @@ export class Model {
       tensors,
       gpu.maxBinding,
       (loaded) => options.onProgress?.(loaded, total),
+      source.read,
     );
     device.pushErrorScope("out-of-memory");
     const net = await BUILDERS[cfg.architecture]({

@@ -7,7 +7,31 @@
 import { ModelError } from "../errors.ts";
 import { align4, storageBuffer } from "../gpu/buffers.ts";
 import type { WeightMatrix } from "../gpu/ops.ts";
+import type { ModelConfig } from "./config.ts";
 import { DTYPE_BYTES, readTensorPieces, type TensorInfo } from "./safetensors.ts";
+
+/** Streams a tensor's bytes in pieces (`readTensorPieces` for files; generated for synthetic). */
+export type ReadPieces = (
+  t: TensorInfo,
+  onPiece: (bytes: Uint8Array<ArrayBuffer>, offset: number) => void | Promise<void>,
+  pieceBytes: number,
+) => Promise<void>;
+
+/** Where a model's config and tensors come from: a model folder, or a synthetic shape. */
+export interface WeightSource {
+  /** The folder, or `synthetic:<shape>`. */
+  name: string;
+  cfg: ModelConfig;
+  tensors: Map<string, TensorInfo>;
+  read: ReadPieces;
+}
+
+/** Parameters of a tensor set: the sum of its element counts. */
+export function parameterCount(tensors: Map<string, TensorInfo>): number {
+  let count = 0;
+  for (const t of tensors.values()) count += t.shape.reduce((a, b) => a * b, 1);
+  return count;
+}
 
 const PIECE_BYTES = 64 << 20;
 
@@ -81,6 +105,7 @@ export class WeightLoader {
     private tensors: Map<string, TensorInfo>,
     private maxBinding: number,
     private onProgress: (bytes: number) => void = () => {},
+    private read: ReadPieces = readTensorPieces,
   ) {}
 
   has(name: string): boolean {
@@ -124,7 +149,7 @@ export class WeightLoader {
     for (const [i, info] of infos.entries()) {
       const part = glu ? i : 0;
       const pieceBytes = Math.max(1, Math.floor(PIECE_BYTES / rowBytes)) * rowBytes;
-      await readTensorPieces(info, (bytes, offset) => {
+      await this.read(info, (bytes, offset) => {
         writeMatrixRows(this.device, m, rowBase + offset / rowBytes, bytes, part);
         this.progress(bytes.byteLength);
       }, pieceBytes);
@@ -137,11 +162,11 @@ export class WeightLoader {
   async vectorF32(name: string, length: number, add = 0): Promise<Float32Array<ArrayBuffer>> {
     const info = this.info(name, [length]);
     const out = new Float32Array(length);
-    await readTensorPieces(info, (bytes, offset) => {
+    await this.read(info, (bytes, offset) => {
       const values = toF32(info.dtype, bytes);
       out.set(values, offset / DTYPE_BYTES[info.dtype]);
       this.progress(bytes.byteLength);
-    });
+    }, PIECE_BYTES);
     if (add !== 0) { for (let i = 0; i < length; i++) out[i] = Math.fround(out[i] + add); }
     return out;
   }
