@@ -4,6 +4,8 @@
  */
 import { BENCH_SUMMARY, runBench } from "./src/cli/bench.ts";
 import { DECODE_SUMMARY, runDecode } from "./src/cli/decode.ts";
+import { INFO_SUMMARY, runInfo } from "./src/cli/info.ts";
+import { colors, useColor } from "./src/cli/session.ts";
 import {
   runSelfSpeculate,
   runSpeculate,
@@ -19,6 +21,7 @@ const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promi
   "self-speculate": { summary: SELF_SPECULATE_SUMMARY, run: runSelfSpeculate },
   "tune-skip": { summary: TUNE_SKIP_SUMMARY, run: runTuneSkip },
   bench: { summary: BENCH_SUMMARY, run: runBench },
+  info: { summary: INFO_SUMMARY, run: runInfo },
 };
 
 export const HELP = `Usage: skipspec <command> [flags]
@@ -31,10 +34,10 @@ Run "skipspec <command> --help" for a command's flags and their defaults.
 Exit codes:
   0    success
   1    internal error (a bug: please report it with the stack trace)
-  2    usage error (unknown or malformed flags)
-  3    the model cannot be loaded (missing, malformed or unsupported files)
+  2    usage error (unknown or malformed flags, conflicting options)
+  3    the model cannot be loaded (missing folder or HF cache entry, malformed or unsupported files)
   4    no usable GPU adapter, or the GPU cannot hold what was asked
-  5    bad input (prompt longer than the context, invalid skip set, unreadable prompt file)
+  5    bad input (prompt longer than the context, invalid skip set, unreadable file, permissions)
   130  interrupted (Ctrl-C); the text and stats so far are printed
 `;
 
@@ -53,16 +56,17 @@ export async function main(argv: string[]): Promise<number> {
     }
     return await entry.run(rest);
   } catch (e) {
+    const prefix = colors(useColor()).error("skipspec:");
     if (e instanceof SkipspecError) {
-      console.error(`skipspec: ${e.message.split("\n")[0]}`);
+      console.error(`${prefix} ${e.message.split("\n")[0]}`);
       return e.exitCode;
     }
     if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
       // A file the run needs is outside what Deno's permissions (or the OS) allow.
-      console.error(`skipspec: ${(e as Error).message.split("\n")[0]}`);
+      console.error(`${prefix} ${(e as Error).message.split("\n")[0]}`);
       return ExitCode.badInput;
     }
-    console.error("skipspec: internal error (a bug):", e);
+    console.error(`${prefix} internal error (a bug):`, e);
     return ExitCode.internal;
   }
 }

@@ -1,11 +1,15 @@
 /**
- * What every generating subcommand does before it generates: find the model folder, load the
- * model (with a progress bar for large ones) and its tokenizer, read generation_config.json for
- * the sampling defaults, build the prompt ids, and parse the skip set.
+ * What every generating subcommand does before it generates: find the model folder (a path, or a
+ * repo id in the local Hugging Face cache), load the model (with a progress bar for large ones)
+ * and its tokenizer, read generation_config.json for the sampling defaults, build the prompt ids,
+ * and parse the skip set. Also what they share in how they talk: --quiet / --verbose, colours only
+ * on a terminal without NO_COLOR, and Ctrl-C turned into a clean stop.
  */
 import { fileURLToPath } from "node:url";
-import { InputError, ModelError } from "../errors.ts";
+import { InputError, ModelError, UsageError } from "../errors.ts";
+import type { Gpu } from "../gpu/device.ts";
 import type { SamplingParams } from "../gpu/ops.ts";
+import { resolveModelDir } from "../model/hf_cache.ts";
 import { Model, NO_SKIP, type SkipSet } from "../model/model.ts";
 import { readSkipSet } from "../model/skip.ts";
 import { ModelTokenizer, TextStreamer } from "../model/tokenizer.ts";
@@ -14,14 +18,51 @@ import type { FlagTable } from "./flags.ts";
 /** The embedded default model, shipped in `fixtures/` (and inside the compiled binary). */
 export const DEFAULT_MODEL = fileURLToPath(new URL("../../fixtures/tiny-llama", import.meta.url));
 
-/** Flags shared by decode, speculate and self-speculate (HF names). */
-export const GENERATION_FLAGS = {
+/** --model and --revision, as every command that loads a model takes them. */
+export const MODEL_FLAGS = {
   "model": {
     type: "string",
-    help: "model folder (HF layout)",
+    help: "model folder (HF layout), or a Hugging Face repo id org/name already in the local " +
+      "HF cache (never downloaded)",
     default: "the embedded tiny-llama",
-    placeholder: "DIR",
+    placeholder: "DIR_OR_REPO",
   },
+  "revision": {
+    type: "string",
+    help: "with a repo id: the branch, tag or commit hash in the HF cache",
+    default: "main",
+    placeholder: "REV",
+  },
+} as const satisfies FlagTable;
+
+/** --quiet and --verbose, for every command that reports progress or figures on stderr. */
+export const OUTPUT_FLAGS = {
+  "quiet": {
+    type: "boolean",
+    help: "print only the output: no progress or figures on stderr (errors still are)",
+    default: false,
+  },
+  "verbose": {
+    type: "boolean",
+    help: "also print the adapter, load times and per-phase timings on stderr",
+    default: false,
+  },
+} as const satisfies FlagTable;
+
+/** The model folder that --model / --revision name (the embedded model by default). */
+export function modelDir(flags: { model?: string; revision?: string }): Promise<string> {
+  if (flags.model === undefined) {
+    if (flags.revision !== undefined) {
+      throw new UsageError("--revision needs --model org/name (a Hugging Face repo id)");
+    }
+    return Promise.resolve(DEFAULT_MODEL);
+  }
+  return resolveModelDir(flags.model, flags.revision);
+}
+
+/** Flags shared by decode, speculate and self-speculate (HF names). */
+export const GENERATION_FLAGS = {
+  ...MODEL_FLAGS,
   "prompt": { type: "string", help: "prompt text", placeholder: "TEXT" },
   "prompt-file": { type: "string", help: "read the prompt from a file", placeholder: "FILE" },
   "chat": { type: "boolean", help: "wrap the prompt in the model's chat template", default: false },
@@ -80,8 +121,65 @@ export const GENERATION_FLAGS = {
     help: "print tokens, text and stats as one JSON object on stdout",
     default: false,
   },
+  ...OUTPUT_FLAGS,
   "help": { type: "boolean", help: "show this help" },
 } as const satisfies FlagTable;
+
+/** How much a command says on stderr, and in which colours. */
+export class Reporter {
+  readonly color: Colors;
+  constructor(readonly level: "quiet" | "normal" | "verbose", color = useColor()) {
+    this.color = colors(color);
+  }
+
+  static from(flags: { quiet?: boolean; verbose?: boolean }): Reporter {
+    if (flags.quiet && flags.verbose) throw new UsageError("give --quiet or --verbose, not both");
+    return new Reporter(flags.quiet ? "quiet" : flags.verbose ? "verbose" : "normal");
+  }
+
+  get quiet(): boolean {
+    return this.level === "quiet";
+  }
+  get verbose(): boolean {
+    return this.level === "verbose";
+  }
+  /** Progress and figures: not with --quiet. */
+  say(line: string) {
+    if (!this.quiet) console.error(line);
+  }
+  /** Extra detail: only with --verbose. */
+  detail(line: string) {
+    if (this.verbose) console.error(this.color.dim(line));
+  }
+}
+
+/**
+ * Colours on stderr only on a terminal, and never with NO_COLOR set to a non-empty value
+ * (`Deno.noColor` reads it at startup, so no env permission is needed).
+ */
+export function useColor(): boolean {
+  return !Deno.noColor && Deno.stderr.isTerminal();
+}
+
+export type Colors = Record<"label" | "error" | "dim", (text: string) => string>;
+
+export function colors(enabled: boolean): Colors {
+  const sgr = (code: string) => (text: string) =>
+    enabled && text ? `\x1b[${code}m${text}\x1b[0m` : text;
+  return { label: sgr("36"), error: sgr("1;31"), dim: sgr("2") };
+}
+
+/** "adapter: <name> (<vendor>, <architecture>), fallback adapter" for --verbose. */
+export function describeAdapter(gpu: Gpu): string {
+  const i = gpu.adapterInfo;
+  const name = i.description || i.device || "unknown";
+  const where = [i.vendor, i.architecture].filter(Boolean).join(", ");
+  return `adapter: ${name}${where ? ` (${where})` : ""}` +
+    (gpu.isFallback ? ", a fallback (software) adapter" : "");
+}
+
+/** Milliseconds, for --verbose timings. */
+export const ms = (t: number) => `${t.toFixed(0)} ms`;
 
 export interface GenerationConfig {
   do_sample?: boolean;
@@ -156,7 +254,7 @@ export interface Session {
 /** Loads everything a generating subcommand needs from its flags. */
 export async function openSession(
   flags: GenerationFlagValues,
-  opts: { quiet?: boolean } = {},
+  report: Reporter = new Reporter("normal"),
 ): Promise<Session> {
   if (flags.prompt !== undefined && flags["prompt-file"] !== undefined) {
     throw new InputError("give --prompt or --prompt-file, not both");
@@ -174,12 +272,19 @@ export async function openSession(
   if (promptText === undefined) {
     throw new InputError("no prompt: give --prompt TEXT or --prompt-file FILE");
   }
-  const dir = flags.model ?? DEFAULT_MODEL;
+  const dir = await modelDir(flags);
+  const start = performance.now();
   const tokenizer = await ModelTokenizer.load(dir);
+  const tokenizerMs = performance.now() - start;
   const model = await Model.load(dir, {
     contextLength: flags.context,
-    onProgress: opts.quiet ? undefined : progressBar(),
+    onProgress: report.quiet ? undefined : progressBar(),
   });
+  report.detail(describeAdapter(model.gpu));
+  report.detail(
+    `model: ${dir}, context ${model.contextLength} tokens; loaded in ` +
+      `${ms(performance.now() - start)} (tokenizer ${ms(tokenizerMs)})`,
+  );
   if (tokenizer.vocabSize > model.cfg.vocabSize) {
     throw new ModelError(
       `tokenizer has ${tokenizer.vocabSize} tokens but the model's vocab_size is ${model.cfg.vocabSize}`,
@@ -248,7 +353,10 @@ export function stdoutText(tokenizer: ModelTokenizer) {
   };
 }
 
-/** Runs a generation with Ctrl-C turned into a stop request it polls (exit 130 follows). */
+/**
+ * Runs a generation with Ctrl-C turned into a stop request it polls, so the text and figures so
+ * far are still printed (and the command exits 130).
+ */
 export async function untilInterrupted<T>(run: (shouldStop: () => boolean) => Promise<T>) {
   let interrupted = false;
   const onInterrupt = () => (interrupted = true);

@@ -17,13 +17,18 @@ import {
   type SpeculationStats,
 } from "../generate/speculate.ts";
 import { MAX_DRAFT } from "../gpu/speculation_ops.ts";
+import { resolveModelDir } from "../model/hf_cache.ts";
 import { Model, type SkipSet } from "../model/model.ts";
 import { defaultSkipSetPath, readSkipSet, skipCount } from "../model/skip.ts";
-import { formatStats } from "./decode.ts";
+import { formatStats, formatTimings } from "./decode.ts";
 import { helpText, parseFlags } from "./flags.ts";
 import {
+  type Colors,
+  colors,
   GENERATION_FLAGS,
+  ms,
   openSession,
+  Reporter,
   type Session,
   stdoutText,
   untilInterrupted,
@@ -71,8 +76,14 @@ const SPECULATE_FLAGS = {
   ...GENERATION_FLAGS,
   "draft-model": {
     type: "string",
-    help: "the draft model's folder (same tokenizer as the target)",
-    placeholder: "DIR",
+    help: "the draft model's folder, or a repo id in the HF cache (same tokenizer as the target)",
+    placeholder: "DIR_OR_REPO",
+  },
+  "draft-revision": {
+    type: "string",
+    help: "with a repo id as --draft-model: its branch, tag or commit hash",
+    default: "main",
+    placeholder: "REV",
   },
   ...SPECULATION_FLAGS,
   skip: { ...GENERATION_FLAGS.skip, help: "not used by speculate (see self-speculate)" },
@@ -118,6 +129,7 @@ async function runSpeculation(command: Command, argv: string[]): Promise<number>
       );
     }
   }
+  const report = Reporter.from(flags);
   if (flags["no-adaptive"] && flags["target-acceptance"] !== undefined) {
     throw new UsageError(
       "--target-acceptance steers the adaptive threshold; it conflicts with --no-adaptive",
@@ -125,15 +137,18 @@ async function runSpeculation(command: Command, argv: string[]): Promise<number>
   }
   // --skip is the draft's here, not the target's: the session's model runs in full.
   const { skip: skipArg, ...sessionFlags } = flags;
-  const s = await openSession(sessionFlags);
+  const draftDir = command === "speculate"
+    ? await resolveModelDir(flags["draft-model"]!, flags["draft-revision"])
+    : undefined;
+  const s = await openSession(sessionFlags, report);
   let draft: DraftSource;
   let draftDescription: Record<string, unknown>;
-  if (command === "speculate") {
-    const draftModel = await Model.load(flags["draft-model"]!, {
-      contextLength: s.model.contextLength,
-    });
+  if (draftDir !== undefined) {
+    const start = performance.now();
+    const draftModel = await Model.load(draftDir, { contextLength: s.model.contextLength });
+    report.detail(`draft model: ${draftDir}, loaded in ${ms(performance.now() - start)}`);
     draft = { kind: "model", model: draftModel };
-    draftDescription = { draftModel: flags["draft-model"] };
+    draftDescription = { draftModel: draftDir };
   } else {
     const skip = await selfDraftSkipSet(skipArg, s);
     draft = { kind: "self", skip };
@@ -151,20 +166,24 @@ async function runSpeculation(command: Command, argv: string[]): Promise<number>
     targetAcceptance: flags["target-acceptance"] ?? DEFAULT_TARGET_ACCEPTANCE,
   };
   let plain: GenerationResult | undefined;
-  if (flags.compare) {
-    // Warm up both paths (pipeline compilation), then measure them back to back.
-    await decode(s.model, s.promptIds, { ...options, maxNewTokens: 2, skip: s.skip });
-    await speculate(s.model, s.promptIds, { ...options, maxNewTokens: 2 });
-    plain = await decode(s.model, s.promptIds, { ...options, skip: s.skip });
-  }
   const out = stdoutText(s.tokenizer);
-  const result: SpeculationResult = await untilInterrupted((shouldStop) =>
-    speculate(s.model, s.promptIds, {
+  // Ctrl-C during --compare's plain run ends it too, and the speculative run then stops at once.
+  const result: SpeculationResult = await untilInterrupted(async (shouldStop) => {
+    if (flags.compare) {
+      // Warm up both paths (pipeline compilation), then measure them back to back.
+      const start = performance.now();
+      await decode(s.model, s.promptIds, { ...options, maxNewTokens: 2, skip: s.skip });
+      await speculate(s.model, s.promptIds, { ...options, maxNewTokens: 2 });
+      report.detail(`timings: --compare warm-up ${ms(performance.now() - start)}`);
+      plain = await decode(s.model, s.promptIds, { ...options, skip: s.skip, shouldStop });
+      report.detail(`plain decode (--compare): ${formatTimings(plain.stats)}`);
+    }
+    return await speculate(s.model, s.promptIds, {
       ...options,
       onTokens: flags.json ? undefined : out.push,
       shouldStop,
-    })
-  );
+    });
+  });
   const text = s.tokenizer.decode(result.tokens);
   const comparison: Comparison | undefined = plain && {
     decode: plain.stats,
@@ -187,10 +206,13 @@ async function runSpeculation(command: Command, argv: string[]): Promise<number>
     }));
   } else {
     out.end();
-    console.error(formatStats(result.stats, s.sampling.seed));
-    console.error(formatSpeculationStats(result.stats));
-    if (comparison) console.error(formatComparison(comparison, s.sampling.temperature === 0));
+    report.say(formatStats(result.stats, s.sampling.seed, report.color));
+    report.say(formatSpeculationStats(result.stats, report.color));
+    if (comparison) {
+      report.say(formatComparison(comparison, s.sampling.temperature === 0, report.color));
+    }
   }
+  report.detail(formatTimings(result.stats));
   return result.stats.stopReason === "interrupted" ? 130 : 0;
 }
 
@@ -222,13 +244,14 @@ function sameTokens(a: number[], b: number[]): boolean {
   return a.length === b.length && a.every((t, i) => t === b[i]);
 }
 
-export function formatSpeculationStats(st: SpeculationStats): string {
+export function formatSpeculationStats(st: SpeculationStats, c: Colors = colors(false)): string {
   return [
-    `${st.rounds} rounds`,
-    `drafted ${st.drafted}, accepted ${st.accepted} (${(100 * st.acceptanceRate).toFixed(1)}%)`,
-    `${st.tokensPerRound.toFixed(2)} tokens/round`,
-    `${st.draftStepsPerRound.toFixed(2)} draft steps/round`,
-    `final gamma ${st.finalGamma.toFixed(3)}`,
+    `${st.rounds} ${c.label("rounds")}`,
+    `${c.label("drafted")} ${st.drafted}, ${c.label("accepted")} ${st.accepted} ` +
+    `(${(100 * st.acceptanceRate).toFixed(1)}%)`,
+    `${st.tokensPerRound.toFixed(2)} ${c.label("tokens/round")}`,
+    `${st.draftStepsPerRound.toFixed(2)} ${c.label("draft steps/round")}`,
+    `${c.label("final gamma")} ${st.finalGamma.toFixed(3)}`,
   ].join(" | ");
 }
 
@@ -239,10 +262,10 @@ interface Comparison {
   identicalToDecode: boolean;
 }
 
-function formatComparison(c: Comparison, greedy: boolean): string {
+function formatComparison(c: Comparison, greedy: boolean, color: Colors): string {
   const same = greedy
     ? ` | output ${c.identicalToDecode ? "identical to" : "DIFFERS from"} plain decode`
     : "";
-  return `plain decode ${c.decode.decodeTokensPerSecond.toFixed(1)} tok/s | ` +
-    `speed-up ${c.speedup.toFixed(2)}x (measured in this run)${same}`;
+  return `${color.label("plain decode")} ${c.decode.decodeTokensPerSecond.toFixed(1)} tok/s | ` +
+    `${color.label("speed-up")} ${c.speedup.toFixed(2)}x (measured in this run)${same}`;
 }

@@ -29,7 +29,15 @@ import {
   TrialsLog,
 } from "../tune/trials_log.ts";
 import { helpText, parseFlags } from "./flags.ts";
-import { DEFAULT_MODEL, untilInterrupted } from "./session.ts";
+import {
+  describeAdapter,
+  MODEL_FLAGS,
+  modelDir,
+  ms,
+  OUTPUT_FLAGS,
+  Reporter,
+  untilInterrupted,
+} from "./session.ts";
 
 export const TUNE_SKIP_SUMMARY =
   "Bayesian optimisation of which sub-layers the self-speculative draft skips.";
@@ -37,12 +45,7 @@ export const TUNE_SKIP_SUMMARY =
 const DEFAULT_PROMPTS = new URL("../../fixtures/calibration_prompts.txt", import.meta.url).pathname;
 
 const FLAGS = {
-  "model": {
-    type: "string",
-    help: "model folder (HF layout)",
-    default: "the embedded tiny-llama",
-    placeholder: "DIR",
-  },
+  ...MODEL_FLAGS,
   "prompts": {
     type: "string",
     help:
@@ -111,6 +114,7 @@ const FLAGS = {
     placeholder: "LOG",
   },
   "json": { type: "boolean", help: "print the result as one JSON object", default: false },
+  ...OUTPUT_FLAGS,
   "help": { type: "boolean", help: "show this help" },
 } as const;
 
@@ -190,14 +194,18 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
   if (flags.resume !== undefined && flags["cost-model"] !== undefined) {
     throw new UsageError("tune-skip: --resume reuses the log's cost model; drop --cost-model");
   }
-  const dir = flags.model ?? DEFAULT_MODEL;
+  const report = Reporter.from(flags);
+  const dir = await modelDir(flags);
   const trials = flags.trials ?? 100;
   const maxNewTokens = flags["max-new-tokens"] ?? 32;
   const draftMax = flags["draft-max"] ?? 8;
   const seed = flags.seed ?? 0;
   const promptTexts = await readPrompts(flags.prompts ?? DEFAULT_PROMPTS);
+  const loadStart = performance.now();
   const tokenizer = await ModelTokenizer.load(dir);
   const model = await Model.load(dir);
+  report.detail(describeAdapter(model.gpu));
+  report.detail(`model: ${dir}, loaded in ${ms(performance.now() - loadStart)}`);
   const layers = model.cfg.numLayers;
   const keep = keptLayers(flags.keep, layers);
   let space: SearchSpace;
@@ -238,15 +246,23 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
   };
 
   const resumed = flags.resume !== undefined ? TrialsLog.resume(flags.resume, header) : undefined;
-  const say = (line: string) => flags.json || console.error(line);
+  const say = (line: string) => flags.json || report.say(line);
+  // Times of the phases, for --verbose.
+  let phaseStart = performance.now();
+  const phase = (name: string) => {
+    report.detail(`timings: ${name} ${ms(performance.now() - phaseStart)}`);
+    phaseStart = performance.now();
+  };
   // Measured once per run (or taken from the resumed log or --cost-model): the cost model, and
   // plain decoding for the wall-clock figures.
   const options = { maxNewTokens, draftMax, stopTokens: [] };
   await calibrate(model, prompts.slice(0, 1), { attn: [], mlp: [] }, options); // warm-up
+  phase("warm-up");
   const cost = resumed?.costModel ??
     (flags["cost-model"] !== undefined
       ? await readCostModel(flags["cost-model"])
       : await measureCostModel(model, draftMax));
+  phase(resumed || flags["cost-model"] !== undefined ? "cost model (read)" : "cost model");
   if (cost.verifyRatio.length < draftMax + 2) {
     throw new InputError(
       `the cost model covers verifications up to --draft-max ${cost.verifyRatio.length - 2}`,
@@ -258,6 +274,7 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
   const logged: Trial[] = resumed?.trials ?? [];
   const baseline = await decodeTokensPerSecond(model, prompts, maxNewTokens);
   say(`plain decode on the calibration prompts: ${baseline.toFixed(1)} tok/s`);
+  phase("plain decode baseline");
 
   const score = (c: Calibration & { tokensPerSecond: number }, skip: SkipSet) =>
     objective === "predicted-speedup"
@@ -271,7 +288,9 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
     details.set(x.join(""), { c, ms: performance.now() - start });
     return score(c, skip);
   };
-  const progress = progressLine(trials, say);
+  // On a terminal the progress line is redrawn in place (also with --json, whose output is on
+  // stdout); elsewhere it is one line per trial, as every other stderr line.
+  const progress = progressLine(trials, report.quiet ? undefined : say);
   const history: Point[] = logged.map((t) => ({ x: bitsFromSkip(t.skip, layers), y: t.value }));
   const stop = new AbortController();
   const started = performance.now();
@@ -299,10 +318,17 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
         };
         logged.push(entry);
         log.append(entry);
-        progress(logged, performance.now() - started, t.index + 1 - history.length);
+        progress.update(logged, performance.now() - started, t.index + 1 - history.length);
       },
     }).finally(() => clearInterval(poll));
   });
+  progress.end();
+  const newTrials = logged.length - history.length;
+  phase(
+    `search (${newTrials} trials, ${
+      ms((performance.now() - started) / Math.max(1, newTrials))
+    } each)`,
+  );
   if (logged.length === 0) throw new InputError("no trial completed");
 
   const best = logged.reduce((a, b) => (b.value > a.value ? b : a));
@@ -318,6 +344,7 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
   for (let r = 0; r < 3; r++) {
     wall.push((await calibrate(model, prompts, best.skip, options)).tokensPerSecond / baseline);
   }
+  phase("outputs and the final wall-clock check");
   const result = {
     model: dir,
     method,
@@ -336,12 +363,12 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
   };
   if (flags.json) console.log(JSON.stringify(result));
   else {
-    console.error(
+    report.say(
       `best: trial ${best.trial + 1}, ${result.skipped}/${2 * layers} sub-layers skipped ` +
         `${JSON.stringify(best.skip)}, ${objective} ${best.value.toFixed(3)}x, ` +
         `wall-clock ${result.wallClockSpeedup.toFixed(2)}x over plain decoding`,
     );
-    console.error(`wrote ${skipPath}, ${log.path}, ${plotPath}`);
+    report.say(`wrote ${skipPath}, ${log.path}, ${plotPath}`);
   }
   return stop.signal.aborted ? 130 : 0;
 }
@@ -364,19 +391,32 @@ function formatCostModel(c: CostModel): string {
     `verify(n)/step ${verify}`;
 }
 
-/** One line per trial: done, best so far, time left (overwritten in place on a terminal). */
-function progressLine(total: number, say: (line: string) => void) {
+/**
+ * One line per trial: done, best so far, time left (overwritten in place on a terminal); nothing
+ * without `say` (--quiet).
+ */
+function progressLine(total: number, say: ((line: string) => void) | undefined) {
   const tty = Deno.stderr.isTerminal();
-  return (trials: Trial[], elapsedMs: number, newTrials: number) => {
-    const best = Math.max(...trials.map((t) => t.value));
-    const last = trials[trials.length - 1];
-    const perTrial = elapsedMs / Math.max(1, newTrials);
-    const left = Math.max(0, total - trials.length) * perTrial / 1000;
-    const bar = "#".repeat(Math.round((20 * trials.length) / total)).padEnd(20, ".");
-    const line = `[${bar}] trial ${trials.length}/${total} (${last.phase}) ` +
-      `${last.value.toFixed(3)}x, best ${best.toFixed(3)}x, ~${left.toFixed(0)} s left`;
-    if (tty) Deno.stderr.writeSync(new TextEncoder().encode(`\r${line}`));
-    else say(line);
-    if (tty && trials.length >= total) Deno.stderr.writeSync(new TextEncoder().encode("\n"));
+  const write = (text: string) => Deno.stderr.writeSync(new TextEncoder().encode(text));
+  let open = false; // a line redrawn in place that still needs its newline
+  return {
+    update(trials: Trial[], elapsedMs: number, newTrials: number) {
+      if (!say) return;
+      const best = Math.max(...trials.map((t) => t.value));
+      const last = trials[trials.length - 1];
+      const perTrial = elapsedMs / Math.max(1, newTrials);
+      const left = Math.max(0, total - trials.length) * perTrial / 1000;
+      const bar = "#".repeat(Math.round((20 * trials.length) / total)).padEnd(20, ".");
+      const line = `[${bar}] trial ${trials.length}/${total} (${last.phase}) ` +
+        `${last.value.toFixed(3)}x, best ${best.toFixed(3)}x, ~${left.toFixed(0)} s left`;
+      if (tty) {
+        write(`\r${line}`);
+        open = true;
+      } else say(line);
+    },
+    end() {
+      if (open) write("\n");
+      open = false;
+    },
   };
 }

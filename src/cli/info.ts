@@ -1,0 +1,308 @@
+/**
+ * `skipspec info`: what this machine offers (the WebGPU adapter, its features and limits, Deno's
+ * version) and, with --model, what a model needs from it: parameters, dtype, bytes of weights on
+ * the GPU, the K/V cache for the context, and whether every buffer fits the device's limits. The
+ * model is not loaded: the figures come from config.json and the safetensors headers.
+ */
+import { InputError, ModelError, UsageError } from "../errors.ts";
+import { openGpu } from "../gpu/device.ts";
+import { type ModelConfig, resolveConfig } from "../model/config.ts";
+import { DTYPE_BYTES, loadSafetensorsIndex, type TensorInfo } from "../model/safetensors.ts";
+import { helpText, parseFlags } from "./flags.ts";
+import { MODEL_FLAGS, modelDir } from "./session.ts";
+
+export const INFO_SUMMARY =
+  "The GPU adapter, its features and limits, Deno's version; with --model, whether it fits.";
+
+const FLAGS = {
+  ...MODEL_FLAGS,
+  "model": { ...MODEL_FLAGS.model, default: undefined },
+  "context": {
+    type: "int",
+    help: "K/V cache length to check (default: min(max_position_embeddings, 4096), as decode)",
+    min: 2,
+  },
+  "json": { type: "boolean", help: "print everything as one JSON object", default: false },
+  "help": { type: "boolean", help: "show this help" },
+} as const;
+
+/** Tokens in one forward at most (Model.load's default maxBatch). */
+const MAX_BATCH = 128;
+
+/** PCI / Khronos vendor ids as adapters report them. */
+const VENDORS: Record<number, string> = {
+  0x1002: "AMD",
+  0x1010: "Imagination",
+  0x106b: "Apple",
+  0x10de: "NVIDIA",
+  0x13b5: "ARM",
+  0x5143: "Qualcomm",
+  0x8086: "Intel",
+  0x10005: "Mesa",
+};
+
+export interface AdapterReport {
+  description: string;
+  vendor: string;
+  /** The vendor id's name where it is a known PCI / Khronos id. */
+  vendorName?: string;
+  architecture: string;
+  device: string;
+  isFallbackAdapter: boolean;
+  features: string[];
+  limits: Record<string, number>;
+}
+
+export interface FitCheck {
+  what: string;
+  bytes: number;
+  limit: string;
+  limitBytes: number;
+  ok: boolean;
+}
+
+export interface ModelReport {
+  dir: string;
+  architecture: string;
+  layers: number;
+  hiddenSize: number;
+  vocabSize: number;
+  parameters: number;
+  /** Parameters per stored dtype. */
+  dtypes: Record<string, number>;
+  /** The dtype holding most parameters. */
+  dtype: string;
+  /** Matrices stay in their dtype on the GPU; vectors (norms) are widened to f32. */
+  weightBytesOnGpu: number;
+  maxPositionEmbeddings: number;
+  contextLength: number;
+  /** K and V of all layers, f32. */
+  kvCacheBytes: number;
+  /** The longest context whose K/V cache fits the limits. */
+  maxContextLength: number;
+  activationBytes: number;
+  /** Weights + K/V cache + activations (WebGPU does not report the device's memory size). */
+  totalBytes: number;
+  checks: FitCheck[];
+  fits: boolean;
+}
+
+export async function runInfo(argv: string[]): Promise<number> {
+  const flags = parseFlags("info", FLAGS, argv);
+  if (flags.help) {
+    console.log(helpText("skipspec info [flags]", INFO_SUMMARY, FLAGS));
+    return 0;
+  }
+  if (flags.context !== undefined && flags.model === undefined) {
+    throw new UsageError("info: --context is checked against a model: give --model too");
+  }
+  // The model's files first: a missing or malformed model is its own error, GPU or not.
+  const dir = flags.model === undefined ? undefined : await modelDir(flags);
+  const files = dir === undefined ? undefined : await readModel(dir);
+  const adapter = await describeGpu();
+  const model = files && dir !== undefined
+    ? modelReport(dir, files.cfg, files.tensors, adapter.limits, flags.context)
+    : undefined;
+  const deno = { ...Deno.version, os: Deno.build.os, arch: Deno.build.arch };
+  if (flags.json) console.log(JSON.stringify({ deno, adapter, ...(model ? { model } : {}) }));
+  else console.log(formatInfo(deno, adapter, model));
+  return 0;
+}
+
+async function describeGpu(): Promise<AdapterReport> {
+  // openGpu() first: it gives the one-line error when there is no adapter, and sets the driver's
+  // environment up as every other command has it. The adapter again for its full limits.
+  const gpu = await openGpu();
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  const source: GPUSupportedLimits = adapter?.limits ?? gpu.device.limits;
+  const limits: Record<string, number> = {};
+  for (const key in source) {
+    const value = (source as unknown as Record<string, unknown>)[key];
+    if (typeof value === "number") limits[key] = value;
+  }
+  limits.maxStorageBufferBindingSize ??= gpu.maxBinding;
+  limits.maxBufferSize ??= gpu.maxBufferSize;
+  const info = gpu.adapterInfo;
+  const id = Number(info.vendor);
+  const vendorName = info.vendor !== "" && Number.isInteger(id) ? VENDORS[id] : undefined;
+  return {
+    description: info.description,
+    vendor: info.vendor,
+    ...(vendorName ? { vendorName } : {}),
+    architecture: info.architecture,
+    device: info.device,
+    isFallbackAdapter: gpu.isFallback,
+    features: [...gpu.features].sort(),
+    limits,
+  };
+}
+
+async function readModel(dir: string) {
+  const path = `${dir}/config.json`;
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new ModelError(`${path} not found`);
+    throw new ModelError(`${path} cannot be read: ${(e as Error).message.split("\n")[0]}`);
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new ModelError(`${path} is not valid JSON: ${(e as Error).message.split("\n")[0]}`);
+  }
+  return { cfg: resolveConfig(raw), tensors: await loadSafetensorsIndex(dir) };
+}
+
+/** What loading `tensors` with `cfg` at `context` tokens needs, against the adapter's limits. */
+export function modelReport(
+  dir: string,
+  cfg: ModelConfig,
+  tensors: Map<string, TensorInfo>,
+  limits: Record<string, number>,
+  context?: number,
+): ModelReport {
+  const contextLength = context ?? Math.min(cfg.maxPositions, 4096);
+  if (contextLength > cfg.maxPositions) {
+    throw new InputError(
+      `context length ${contextLength} is outside 2..${cfg.maxPositions} (max_position_embeddings)`,
+    );
+  }
+  const maxBinding = limits.maxStorageBufferBindingSize;
+  const maxBuffer = limits.maxBufferSize;
+  const dtypes: Record<string, number> = {};
+  let parameters = 0, weightBytes = 0;
+  let widest = { name: "", bytes: 0 }, largestChunk = { name: "", bytes: 0 };
+  for (const t of tensors.values()) {
+    const count = t.shape.reduce((a, b) => a * b, 1);
+    parameters += count;
+    dtypes[t.dtype] = (dtypes[t.dtype] ?? 0) + count;
+    // An untied model's lm_head is loaded; a tied one's (if present) is not.
+    if (t.name === "lm_head.weight" && cfg.tieWordEmbeddings) continue;
+    if (t.shape.length < 2) {
+      weightBytes += count * 4; // widened to f32 (src/model/weights.ts vectorF32)
+      continue;
+    }
+    weightBytes += t.byteLength;
+    // Matrices are split by rows into chunks of at most one storage binding; MLP gate and up
+    // share each chunk (the fused GLU), so their rows count twice.
+    const rows = t.shape[0];
+    const stack = /(gate|up)_proj\.weight$/.test(t.name) ? 2 : 1;
+    const rowBytes = (count / rows) * DTYPE_BYTES[t.dtype] * stack;
+    if (rowBytes > widest.bytes) widest = { name: t.name, bytes: rowBytes };
+    const chunk = Math.min(rows, Math.max(1, Math.floor(maxBinding / rowBytes))) * rowBytes;
+    if (chunk > largestChunk.bytes) largestChunk = { name: t.name, bytes: chunk };
+  }
+  const dtype = Object.entries(dtypes).sort((a, b) => b[1] - a[1])[0]?.[0] ?? "none";
+  const kvPerLayer = contextLength * cfg.numKvHeads * cfg.headDim * 4;
+  const maxBatch = Math.min(MAX_BATCH, contextLength);
+  const qDim = cfg.numHeads * cfg.headDim;
+  const widestActivation = Math.max(
+    cfg.hiddenSize,
+    qDim + 2 * cfg.numKvHeads * cfg.headDim,
+    cfg.intermediateSize,
+  );
+  const logitRow = cfg.vocabSize * 4;
+  const logitRows = Math.max(1, Math.min(maxBatch, Math.floor(maxBinding / logitRow)));
+  const activationBytes = maxBatch * 4 *
+      (2 * cfg.hiddenSize + 3 * qDim + 2 * cfg.numKvHeads * cfg.headDim + cfg.intermediateSize) +
+    logitRows * logitRow;
+  const kvCacheBytes = 2 * cfg.numLayers * kvPerLayer;
+  const check = (what: string, bytes: number, limit: string, limitBytes: number): FitCheck => ({
+    what,
+    bytes,
+    limit,
+    limitBytes,
+    ok: bytes <= limitBytes,
+  });
+  const binding = "maxStorageBufferBindingSize";
+  const checks = [
+    check(`widest weight row (${widest.name})`, widest.bytes, binding, maxBinding),
+    check(
+      `largest weight chunk (${largestChunk.name})`,
+      largestChunk.bytes,
+      "maxBufferSize",
+      maxBuffer,
+    ),
+    check(`K/V cache per layer (${contextLength} tokens)`, kvPerLayer, binding, maxBinding),
+    check("K/V cache per layer", kvPerLayer, "maxBufferSize", maxBuffer),
+    check(
+      `widest activation (${maxBatch} tokens)`,
+      maxBatch * widestActivation * 4,
+      binding,
+      maxBinding,
+    ),
+    check("one row of logits", logitRow, binding, maxBinding),
+  ];
+  return {
+    dir,
+    architecture: cfg.architecture,
+    layers: cfg.numLayers,
+    hiddenSize: cfg.hiddenSize,
+    vocabSize: cfg.vocabSize,
+    parameters,
+    dtypes,
+    dtype,
+    weightBytesOnGpu: weightBytes,
+    maxPositionEmbeddings: cfg.maxPositions,
+    contextLength,
+    kvCacheBytes,
+    maxContextLength: Math.min(
+      cfg.maxPositions,
+      Math.floor(Math.min(maxBinding, maxBuffer) / (cfg.numKvHeads * cfg.headDim * 4)),
+    ),
+    activationBytes,
+    totalBytes: weightBytes + kvCacheBytes + activationBytes,
+    checks,
+    fits: checks.every((c) => c.ok),
+  };
+}
+
+const bytes = (n: number) =>
+  n >= 1e9
+    ? `${(n / 1e9).toFixed(2)} GB`
+    : n >= 1e6
+    ? `${(n / 1e6).toFixed(1)} MB`
+    : `${(n / 1e3).toFixed(1)} kB`;
+const count = (n: number) =>
+  n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : `${n}`;
+
+function formatInfo(
+  deno: typeof Deno.version & { os: string; arch: string },
+  a: AdapterReport,
+  m: ModelReport | undefined,
+): string {
+  const width = Math.max(...Object.keys(a.limits).map((k) => k.length)) + 2;
+  const lines = [
+    `Deno ${deno.deno} (V8 ${deno.v8}, TypeScript ${deno.typescript}), ${deno.os} ${deno.arch}`,
+    `adapter: ${a.description || a.device || "unknown"}`,
+    `  vendor ${a.vendor || "?"}${a.vendorName ? ` (${a.vendorName})` : ""}, architecture ${
+      a.architecture || "?"
+    }, device ${a.device || "?"}`,
+    `  fallback (software) adapter: ${a.isFallbackAdapter ? "yes" : "no"}`,
+    `features: ${a.features.join(", ") || "none"}`,
+    "limits:",
+    ...Object.entries(a.limits).map(([k, v]) => `  ${k.padEnd(width)}${v}`),
+  ];
+  if (m) {
+    const kinds = Object.entries(m.dtypes).map(([d, n]) => `${d} ${count(n)}`).join(", ");
+    lines.push(
+      `model: ${m.dir}`,
+      `  ${m.architecture}, ${m.layers} layers, hidden ${m.hiddenSize}, vocab ${m.vocabSize}`,
+      `  parameters ${count(m.parameters)} (${kinds}), dtype ${m.dtype}`,
+      `  weights on the GPU ${bytes(m.weightBytesOnGpu)}`,
+      `  context ${m.contextLength} tokens (max_position_embeddings ${m.maxPositionEmbeddings}), ` +
+        `K/V cache ${bytes(m.kvCacheBytes)}, activations ${bytes(m.activationBytes)}`,
+      `  total ${bytes(m.totalBytes)} (not checked against the GPU's memory: WebGPU does not ` +
+        `report it)`,
+      `  fits this device's limits: ${m.fits ? "yes" : "NO"}; longest context that fits: ` +
+        `${m.maxContextLength} tokens`,
+      ...m.checks.map((c) =>
+        `    ${c.ok ? "ok " : "NO "} ${c.what}: ${c.bytes} bytes ${c.ok ? "<=" : ">"} ` +
+        `${c.limit} ${c.limitBytes}`
+      ),
+    );
+  }
+  return lines.join("\n");
+}
