@@ -4,13 +4,17 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { ExitCode } from "../src/errors.ts";
 import {
   assertOneLineError,
+  CONFIG,
   editedConfig,
   errorLines,
   FIXTURE,
   GEMMA,
+  MAIN,
   modelWith,
+  PERMISSIONS,
   skipspec,
 } from "./helpers/cli.ts";
 
@@ -214,4 +218,126 @@ Deno.test("a machine without a GPU adapter gets a one-line error naming the reme
   // SKIPSPEC_NO_GPU=1 makes openGpu() behave as if requestAdapter() returned null.
   const r = await skipspec(["decode", "--prompt", "x"], { SKIPSPEC_NO_GPU: "1" });
   assertOneLineError(r, 4, /no WebGPU adapter found: .*apt-get install -y mesa-vulkan-drivers/);
+});
+
+Deno.test("skipspec --help and the README list every exit code", async () => {
+  const help = (await skipspec(["--help"])).stdout;
+  const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
+  const section = readme.split(/^### Exit codes$/m)[1]?.split(/^#/m)[0] ?? "";
+  assert.ok(section, "README has an Exit codes section");
+  for (const [name, code] of Object.entries(ExitCode)) {
+    assert.match(help, new RegExp(`^  ${code}\\s+\\S`, "m"), `--help: ${name}`);
+    assert.match(section, new RegExp(`\\| ${code}\\s+\\|`), `README: ${name}`);
+  }
+});
+
+Deno.test("--quiet prints only the text; --verbose adds the adapter, load time and phase timings", async () => {
+  const args = ["decode", "--prompt", "ROMEO:", "--temperature", "0", "--max-new-tokens", "6"];
+  const normal = await skipspec(args);
+  const quiet = await skipspec([...args, "--quiet"]);
+  assert.equal(quiet.code, 0, quiet.stderr);
+  assert.equal(quiet.stdout, normal.stdout);
+  assert.ok(quiet.stdout.trim().length > 0);
+  assert.deepEqual(errorLines(quiet), []);
+  assert.match(errorLines(normal).join("\n"), /tok\/s/);
+
+  const verbose = await skipspec([...args, "--verbose"]);
+  assert.equal(verbose.code, 0, verbose.stderr);
+  assert.equal(verbose.stdout, normal.stdout);
+  const lines = errorLines(verbose).join("\n");
+  assert.match(lines, /^adapter: .+/m);
+  assert.match(lines, /^model: .*tiny-llama, context 1024 tokens; loaded in \d+ ms/m);
+  assert.match(lines, /^timings: prefill \d+ ms \(\d+ tokens\), decode \d+ ms/m);
+  assert.match(lines, /decode [\d.]+ tok\/s/);
+
+  const spec = await skipspec([
+    "self-speculate",
+    "--model",
+    new URL("../fixtures/tiny-llama-ls", import.meta.url).pathname,
+    ...args.slice(1),
+    "--quiet",
+  ]);
+  assert.equal(spec.code, 0, spec.stderr);
+  assert.ok(spec.stdout.trim().length > 0);
+  assert.deepEqual(errorLines(spec), []);
+  assertOneLineError(await skipspec([...args, "--quiet", "--verbose"]), 2, /--quiet or --verbose/);
+});
+
+// deno-lint-ignore no-control-regex
+const ANSI = /\x1b\[/;
+
+Deno.test("no colours off a terminal: stats and errors carry no ANSI escapes", async () => {
+  const ok = await skipspec(["decode", "--prompt", "x", "--max-new-tokens", "2", "--verbose"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.doesNotMatch(ok.stderr + ok.stdout, ANSI);
+  const bad = await skipspec(["decode", "--model", "/nonexistent/model", "--prompt", "x"]);
+  assert.equal(bad.code, 3);
+  assert.doesNotMatch(bad.stderr, ANSI);
+});
+
+/** Runs the CLI on a pseudo-terminal (util-linux `script`), returning what the terminal shows. */
+async function onTerminal(args: string[], env: Record<string, string>): Promise<string> {
+  const line = [Deno.execPath(), "run", ...PERMISSIONS, "--config", CONFIG, MAIN, ...args]
+    .map((a) => `'${a.replaceAll("'", "'\\''")}'`).join(" ");
+  const out = await new Deno.Command("script", {
+    args: ["-qec", line, "/dev/null"],
+    env,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return new TextDecoder().decode(out.stdout);
+}
+
+const hasScript = await new Deno.Command("script", { args: ["--version"], stdout: "null" })
+  .output().then((o) => o.success, () => false);
+
+Deno.test({
+  name: "on a terminal stats labels and errors are coloured, unless NO_COLOR is set (non-empty)",
+  ignore: !hasScript,
+  async fn() {
+    const args = ["decode", "--prompt", "x", "--max-new-tokens", "2"];
+    // deno-lint-ignore no-control-regex
+    assert.match(await onTerminal(args, {}), /\x1b\[36mdecode\x1b\[0m [\d.]+ tok\/s/);
+    assert.match(await onTerminal(args, { NO_COLOR: "" }), ANSI, "an empty NO_COLOR is unset");
+    assert.doesNotMatch(await onTerminal(args, { NO_COLOR: "1" }), ANSI);
+    const bad = ["decode", "--model", "/nonexistent/model", "--prompt", "x"];
+    // deno-lint-ignore no-control-regex
+    assert.match(await onTerminal(bad, {}), /\x1b\[1;31mskipspec:\x1b\[0m .*not found/);
+    assert.doesNotMatch(await onTerminal(bad, { NO_COLOR: "1" }), ANSI);
+  },
+});
+
+Deno.test("a chat template reaching for JavaScript globals executes nothing (an error or inert text)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "skipspec-jinja-" });
+  const marker = join(dir, "pwned");
+  const payloads = [
+    "{{ messages.constructor.constructor('return Deno')() }}",
+    `{{ ''.constructor.constructor('Deno.writeTextFileSync("${marker}", "x")')() }}`,
+    "{{ range.constructor('Deno.exit(42)')() }}",
+    "{{ raise_exception.constructor('return Deno.exit(42)')() }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "[{{ messages['constructor'] }}|{{ ''.constructor }}|{{ messages.__proto__ }}]",
+  ];
+  for (const template of payloads) {
+    const config = JSON.parse(await Deno.readTextFile(join(GEMMA, "tokenizer_config.json")));
+    config.chat_template = template;
+    const model = await modelWith(GEMMA, { "tokenizer_config.json": JSON.stringify(config) });
+    // Write access to the marker's folder: were the template executed as JS, the write would work.
+    const r = await skipspec(
+      ["decode", "--model", model, "--chat", "--prompt", "Hi", "--max-new-tokens", "1", "--json"],
+      {},
+      { write: dir },
+    );
+    await Deno.remove(model, { recursive: true });
+    assert.notEqual(r.code, 42, template);
+    if (r.code === 0) {
+      const prompt: string = JSON.parse(r.stdout).prompt;
+      assert.doesNotMatch(prompt, /Deno|function|native code|uid=/, template);
+    } else {
+      assertOneLineError(r, 5, /the chat template refused the messages/);
+    }
+  }
+  assert.equal(await Deno.stat(marker).then(() => true, () => false), false, "no file written");
+  await Deno.remove(dir, { recursive: true });
 });

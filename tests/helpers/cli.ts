@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 
-const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+export const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+export const CONFIG = new URL("../../deno.json", import.meta.url).pathname;
 export const FIXTURE = new URL("../../fixtures/tiny-llama", import.meta.url).pathname;
 export const GEMMA = new URL("../../fixtures/tiny-gemma2", import.meta.url).pathname;
 
@@ -12,11 +13,27 @@ export interface Run {
   stderr: string;
 }
 
+/** The deno.json tasks, as shipped. */
+export const TASKS: Record<string, string> = JSON.parse(
+  Deno.readTextFileSync(new URL("../../deno.json", import.meta.url)),
+).tasks;
+
+/** The permission flags of a `deno run ... main.ts` task: what comes between `run` and main.ts. */
+export function taskPermissions(task: string): string[] {
+  const words = TASKS[task].split(/\s+/);
+  const from = words.indexOf("run") + 1, to = words.indexOf("main.ts");
+  if (from === 0 || to < from) throw new Error(`task ${task} is not "deno run <flags> main.ts"`);
+  return words.slice(from, to);
+}
+
+/** What the `skipspec` task grants: every CLI test runs with exactly these. */
+export const PERMISSIONS = taskPermissions("skipspec");
+
 /** Runs `main.ts` with the permissions the deno.json tasks grant (plus `write` where asked). */
 export async function skipspec(
   args: string[],
   env: Record<string, string> = {},
-  opts: { write?: string } = {},
+  opts: { write?: string; cwd?: string } = {},
 ): Promise<Run> {
   const child = spawnSkipspec(args, env, opts);
   const timer = setTimeout(() => child.kill(), 240_000); // a hang fails the test instead of CI
@@ -29,12 +46,14 @@ export async function skipspec(
 export function spawnSkipspec(
   args: string[],
   env: Record<string, string> = {},
-  opts: { write?: string } = {},
+  opts: { write?: string; cwd?: string } = {},
 ): Deno.ChildProcess {
   const write = opts.write === undefined ? [] : [`--allow-write=${opts.write}`];
   return new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-read", "--allow-env", ...write, MAIN, ...args],
+    // --config: the import map holds whatever the working directory (opts.cwd) is.
+    args: ["run", ...PERMISSIONS, ...write, "--config", CONFIG, MAIN, ...args],
     env,
+    cwd: opts.cwd,
     stdout: "piped",
     stderr: "piped",
     stdin: "null",
