@@ -1,6 +1,7 @@
 /**
  * `deno compile` builds a standalone binary that carries its kernels and the default model and
- * runs `decode` from any working directory. Building needs Deno's `denort` runtime, downloaded
+ * runs `decode` from any working directory, with the `compile` task's permissions (the run tasks'
+ * narrow grant, see permissions_test.ts). Building needs Deno's `denort` runtime, downloaded
  * from Deno's servers or given by DENORT_BIN; where neither works the test is skipped, saying why.
  */
 import assert from "node:assert/strict";
@@ -62,6 +63,18 @@ Deno.test({
       JSON.parse(new TextDecoder().decode(out.stdout)).tokens,
       ref.greedy_ids.slice(0, 12),
     );
+    // Its env grant covers the GPU setup and the HF cache lookup: info and a missing repo id.
+    const info = await new Deno.Command(binary, { args: ["info", "--json"], stdout: "piped" })
+      .output();
+    assert.equal(info.code, 0);
+    assert.ok(JSON.parse(new TextDecoder().decode(info.stdout)).adapter.limits.maxBufferSize > 0);
+    const missing = await new Deno.Command(binary, {
+      args: ["info", "--model", "acme/absent"],
+      env: { HF_HUB_CACHE: outDir },
+      stderr: "piped",
+    }).output();
+    assert.equal(missing.code, 3);
+    assert.match(new TextDecoder().decode(missing.stderr), /models--acme--absent/);
     await Deno.remove(outDir, { recursive: true });
   },
 });

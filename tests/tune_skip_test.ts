@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { assertOneLineError, FIXTURE, skipspec, spawnSkipspec } from "./helpers/cli.ts";
+import { assertOneLineError, errorLines, FIXTURE, skipspec, spawnSkipspec } from "./helpers/cli.ts";
 
 const PROMPTS = "ROMEO:\nJULIET:\\nO Romeo, Romeo!\n";
 const SMALL = ["--model", FIXTURE, "--max-new-tokens", "10", "--draft-max", "4"];
@@ -138,10 +138,11 @@ Deno.test("a tune-skip run killed mid-way and resumed logs every trial exactly o
   assert.equal(new Set(keys).size, keys.length, "no skip set evaluated twice");
 });
 
-Deno.test("Ctrl-C stops tune-skip after the trial in progress with every output written (exit 130)", async () => {
+Deno.test("Ctrl-C stops tune-skip after the trial in progress with every output written (exit 130), and --resume continues it", async () => {
   const out = await tempDir();
   const log = join(out, "trials.jsonl");
-  const child = spawnSkipspec(await tuneArgs(out, ["--trials", "40"]), {}, { write: out });
+  const args = await tuneArgs(out, ["--trials", "40"]);
+  const child = spawnSkipspec(args, {}, { write: out });
   for (let waited = 0; waited < 200; waited++) {
     await new Promise((r) => setTimeout(r, 300));
     const text = await Deno.readTextFile(log).catch(() => "");
@@ -157,6 +158,24 @@ Deno.test("Ctrl-C stops tune-skip after the trial in progress with every output 
   );
   assert.deepEqual(JSON.parse(await Deno.readTextFile(join(out, "skip.json"))), best.skip);
   assert.match(await Deno.readTextFile(join(out, "convergence.svg")), /^<svg/);
+
+  // --resume picks up after the interrupted run: its trials kept, two more, none repeated.
+  const at = args.indexOf("--cost-model");
+  const resumeArgs = [...args.slice(0, at), ...args.slice(at + 2)];
+  const total = String(trials.length + 2);
+  const r = await skipspec([...resumeArgs, "--trials", total, "--resume", log, "--quiet"], {}, {
+    write: out,
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.deepEqual(errorLines(r), [], "--quiet: nothing on stderr");
+  const after = await readLog(log);
+  assert.deepEqual(
+    after.trials.map((t: { trial: number }) => t.trial),
+    [...Array(trials.length + 2).keys()],
+  );
+  assert.deepEqual(after.trials.slice(0, trials.length), trials, "no trial lost");
+  const keys = after.trials.map((t: { skip: unknown }) => JSON.stringify(t.skip));
+  assert.equal(new Set(keys).size, keys.length, "no skip set evaluated twice");
 });
 
 Deno.test("tune-skip rejects bad inputs with one-line errors", async () => {
