@@ -20,11 +20,24 @@ export interface ReadOptions {
 
 const DEFAULT_MAX_BYTES = 1 << 30;
 const MAX_DETAIL_CHARS = 160;
+const MAX_NAME_CHARS = 200;
 
 /** Text on one line: control characters escaped as in JSON. */
 export function oneLine(text: string): string {
   // deno-lint-ignore no-control-regex
   return text.replace(/[\u0000-\u001f\u007f\u2028\u2029]/g, (c) => JSON.stringify(c).slice(1, -1));
+}
+
+/** A value read from a file, as short one-line JSON for a message: `"F64"`, `[1,2]`, `{"a":[...`. */
+export function brief(value: unknown, maxChars = 60): string {
+  const text = oneLine(JSON.stringify(value) ?? String(value));
+  return text.length > maxChars ? `${text.slice(0, maxChars - 3)}...` : text;
+}
+
+/** A file's name for a message: on one line, and a pathological length cut in the middle. */
+function fileName(label: string): string {
+  const text = oneLine(label);
+  return text.length > MAX_NAME_CHARS ? `${text.slice(0, 100)}...${text.slice(-97)}` : text;
 }
 
 /** An error's message (or a thrown value) as a short one-line detail. */
@@ -38,7 +51,7 @@ export function detail(e: unknown): string {
  * unchanged, and so does anything that is not a Deno file-system error (a bug keeps its stack).
  */
 export function fileError(e: unknown, label: string, Err: ErrorClass): unknown {
-  const name = oneLine(label);
+  const name = fileName(label);
   if (e instanceof SkipspecError) return e;
   if (e instanceof Deno.errors.NotFound) return new Err(`${name}: file not found`);
   if (e instanceof Deno.errors.IsADirectory) {
@@ -50,7 +63,9 @@ export function fileError(e: unknown, label: string, Err: ErrorClass): unknown {
   if (e instanceof Deno.errors.NotCapable) {
     return new Err(`${name}: not readable with this run's Deno permissions (--allow-read)`);
   }
-  if (Object.values(Deno.errors).some((C) => e instanceof C)) {
+  // Deno.errors classes, and the plain Errors with an OS error code (ENAMETOOLONG, ELOOP, ...).
+  const os = e instanceof Error && typeof (e as { code?: unknown }).code === "string";
+  if (os || Object.values(Deno.errors).some((C) => e instanceof C)) {
     return new Err(`${name}: cannot read (${detail(e)})`);
   }
   return e;
@@ -76,7 +91,7 @@ export async function readBytes(
   opts: ReadOptions = {},
 ): Promise<Uint8Array<ArrayBuffer>> {
   const label = opts.label ?? path;
-  const name = oneLine(label);
+  const name = fileName(label);
   try {
     const info = await Deno.stat(path);
     checkRegular(info, name, Err);
@@ -96,7 +111,7 @@ export function readBytesSync(
   opts: ReadOptions = {},
 ): Uint8Array<ArrayBuffer> {
   const label = opts.label ?? path;
-  const name = oneLine(label);
+  const name = fileName(label);
   try {
     const info = Deno.statSync(path);
     checkRegular(info, name, Err);
@@ -114,7 +129,7 @@ export function decodeUtf8(bytes: Uint8Array, label: string, Err: ErrorClass): s
   try {
     return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch {
-    throw new Err(`${oneLine(label)} is not valid UTF-8 text`);
+    throw new Err(`${fileName(label)} is not valid UTF-8 text`);
   }
 }
 
@@ -123,7 +138,7 @@ export function parseJson(text: string, label: string, Err: ErrorClass): unknown
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw new Err(`${oneLine(label)} is not valid JSON (${detail(e)})`);
+    throw new Err(`${fileName(label)} is not valid JSON (${detail(e)})`);
   }
 }
 
@@ -159,7 +174,7 @@ export async function readJsonObject(
   const value = await readJson(path, Err, opts);
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     const got = value === null ? "null" : Array.isArray(value) ? "an array" : `a ${typeof value}`;
-    throw new Err(`${oneLine(opts.label ?? path)} must hold a JSON object, got ${got}`);
+    throw new Err(`${fileName(opts.label ?? path)} must hold a JSON object, got ${got}`);
   }
   return value as Record<string, unknown>;
 }
@@ -177,7 +192,7 @@ export async function openFile(
   try {
     file = await Deno.open(path, { read: true });
     const info = await file.stat();
-    checkRegular(info, oneLine(label), Err);
+    checkRegular(info, fileName(label), Err);
     return { file, size: info.size };
   } catch (e) {
     file?.close();

@@ -3,6 +3,7 @@
  * resolved with the defaults transformers uses, validated, and with the architecture picked.
  */
 import { ModelError } from "../errors.ts";
+import { brief } from "../files.ts";
 
 export const SUPPORTED_ARCHITECTURES = ["LlamaForCausalLM", "Gemma2ForCausalLM"] as const;
 export type Architecture = typeof SUPPORTED_ARCHITECTURES[number];
@@ -79,22 +80,42 @@ export interface ModelConfig {
 
 function positiveInt(cfg: HfConfig, key: keyof HfConfig, fallback?: number): number {
   const v = cfg[key] ?? fallback;
-  if (typeof v !== "number" || !Number.isInteger(v) || v <= 0) {
-    throw new ModelError(
-      `config.json: "${key}" must be a positive integer (got ${JSON.stringify(v)})`,
-    );
+  if (!Number.isSafeInteger(v) || (v as number) <= 0) {
+    throw new ModelError(`config.json: "${key}" must be a positive integer (got ${brief(v)})`);
   }
-  return v;
+  return v as number;
 }
 
 function positiveNumber(cfg: HfConfig, key: keyof HfConfig, fallback: number): number {
   const v = cfg[key] ?? fallback;
   if (typeof v !== "number" || !(v > 0) || !Number.isFinite(v)) {
-    throw new ModelError(
-      `config.json: "${key}" must be a positive number (got ${JSON.stringify(v)})`,
-    );
+    throw new ModelError(`config.json: "${key}" must be a positive number (got ${brief(v)})`);
   }
   return v;
+}
+
+/** A Gemma-2 setting that null (or absence) turns off: 0, else a positive number. */
+function optionalPositive(cfg: HfConfig, key: keyof HfConfig, integer = false): number {
+  const v = cfg[key] ?? 0;
+  const ok = integer ? Number.isSafeInteger(v) : Number.isFinite(v);
+  if (!ok || (v as number) < 0) {
+    const what = integer ? "a non-negative integer" : "a non-negative number";
+    throw new ModelError(`config.json: "${key}" must be null or ${what} (got ${brief(v)})`);
+  }
+  return v as number;
+}
+
+/** Token ids: absent, one id, or (eos) a list of ids; each a non-negative integer. */
+function tokenIds(cfg: HfConfig, key: "bos_token_id" | "eos_token_id"): number[] {
+  const v = cfg[key];
+  const ids = v === undefined || v === null ? [] : Array.isArray(v) ? v : [v];
+  if (
+    (Array.isArray(v) && key === "bos_token_id") ||
+    !ids.every((id) => Number.isSafeInteger(id) && id >= 0)
+  ) {
+    throw new ModelError(`config.json: "${key}" must be a token id (got ${brief(v)})`);
+  }
+  return ids;
 }
 
 /** Validates a parsed config.json and fills in transformers' defaults. */
@@ -106,7 +127,7 @@ export function resolveConfig(raw: unknown): ModelConfig {
   const arch = cfg.architectures?.[0];
   if (!SUPPORTED_ARCHITECTURES.includes(arch as Architecture)) {
     throw new ModelError(
-      `config.json: unsupported architecture ${JSON.stringify(arch ?? cfg.model_type ?? null)} ` +
+      `config.json: unsupported architecture ${brief(arch ?? cfg.model_type ?? null)} ` +
         `(supported: ${SUPPORTED_ARCHITECTURES.join(", ")})`,
     );
   }
@@ -118,7 +139,7 @@ export function resolveConfig(raw: unknown): ModelConfig {
   const act = cfg.hidden_activation ?? cfg.hidden_act ?? (gemma ? "gelu_pytorch_tanh" : "silu");
   const expectedAct = gemma ? ["gelu_pytorch_tanh", "gelu"] : ["silu"];
   if (!expectedAct.includes(act)) {
-    throw new ModelError(`config.json: unsupported activation "${act}" for ${architecture}`);
+    throw new ModelError(`config.json: unsupported activation ${brief(act)} for ${architecture}`);
   }
   const hiddenSize = positiveInt(cfg, "hidden_size");
   const numHeads = positiveInt(cfg, "num_attention_heads");
@@ -135,8 +156,12 @@ export function resolveConfig(raw: unknown): ModelConfig {
       `config.json: head_dim ${headDim} is not supported (a multiple of 16, at most 256)`,
     );
   }
-  const eos = cfg.eos_token_id;
-  const eosTokenIds = eos === undefined ? [] : Array.isArray(eos) ? eos : [eos];
+  const tie = cfg.tie_word_embeddings ?? gemma;
+  if (typeof tie !== "boolean") {
+    throw new ModelError(
+      `config.json: "tie_word_embeddings" must be true or false (got ${brief(tie)})`,
+    );
+  }
   const queryPreAttnScalar = gemma
     ? positiveNumber(cfg, "query_pre_attn_scalar", headDim)
     : headDim;
@@ -152,30 +177,35 @@ export function resolveConfig(raw: unknown): ModelConfig {
     rmsNormEps: positiveNumber(cfg, "rms_norm_eps", 1e-6),
     ropeTheta: positiveNumber(cfg, "rope_theta", 10000),
     ropeScaling: resolveRopeScaling(cfg),
-    tieWordEmbeddings: cfg.tie_word_embeddings ?? gemma,
+    tieWordEmbeddings: tie,
     maxPositions: positiveInt(cfg, "max_position_embeddings", 2048),
-    bosTokenId: cfg.bos_token_id,
-    eosTokenIds,
+    bosTokenId: tokenIds(cfg, "bos_token_id")[0],
+    eosTokenIds: tokenIds(cfg, "eos_token_id"),
     attentionScale: 1 / Math.sqrt(queryPreAttnScalar),
-    attnSoftcap: gemma ? cfg.attn_logit_softcapping ?? 0 : 0,
-    finalSoftcap: gemma ? cfg.final_logit_softcapping ?? 0 : 0,
-    slidingWindow: gemma ? cfg.sliding_window ?? 0 : 0,
+    attnSoftcap: gemma ? optionalPositive(cfg, "attn_logit_softcapping") : 0,
+    finalSoftcap: gemma ? optionalPositive(cfg, "final_logit_softcapping") : 0,
+    slidingWindow: gemma ? optionalPositive(cfg, "sliding_window", true) : 0,
   };
 }
 
 function resolveRopeScaling(cfg: HfConfig): RopeScaling {
   const s = cfg.rope_scaling;
-  if (!s) return { type: "default" };
+  if (s === undefined || s === null) return { type: "default" };
+  if (typeof s !== "object" || Array.isArray(s)) {
+    throw new ModelError(`config.json: "rope_scaling" must be an object or null (got ${brief(s)})`);
+  }
   const type = s.rope_type ?? s.type;
   if (type === "default") return { type: "default" };
   if (type !== "llama3") {
     throw new ModelError(
-      `config.json: unsupported rope_scaling type "${type}" (supported: llama3)`,
+      `config.json: unsupported rope_scaling type ${brief(type)} (supported: llama3)`,
     );
   }
   const num = (v: unknown, name: string) => {
-    if (typeof v !== "number" || !(v > 0)) {
-      throw new ModelError(`config.json: rope_scaling.${name} must be a positive number`);
+    if (typeof v !== "number" || !(v > 0) || !Number.isFinite(v)) {
+      throw new ModelError(
+        `config.json: rope_scaling.${name} must be a positive number (got ${brief(v)})`,
+      );
     }
     return v;
   };

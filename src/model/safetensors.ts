@@ -7,7 +7,7 @@
  */
 import { join } from "node:path";
 import { ModelError } from "../errors.ts";
-import { fileError, openFile, readJson } from "../files.ts";
+import { brief, fileError, openFile, readJson } from "../files.ts";
 
 export type DType = "F32" | "F16" | "BF16";
 
@@ -59,14 +59,11 @@ const OTHER_DTYPES = new Set([
   "F4",
 ]);
 
-/** Quote a string from a file so that messages stay on one line. */
-const q = (s: string) => JSON.stringify(s);
+/** Quote a name from a file so that messages stay on one short line. */
+const q = (s: string) => brief(s, 100);
 
 /** A short one-line rendering of an untrusted JSON value. */
-function show(v: unknown): string {
-  const s = JSON.stringify(v) ?? String(v);
-  return s.length > 60 ? `${s.slice(0, 57)}...` : s;
-}
+const show = (v: unknown) => brief(v);
 
 function kind(v: unknown): string {
   if (v === null || v === undefined) return String(v);

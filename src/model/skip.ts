@@ -1,6 +1,6 @@
 /** Skip sets as users write them: `{ "attn": [layers], "mlp": [layers] }`, inline or in a file. */
 import { InputError } from "../errors.ts";
-import { readText } from "../files.ts";
+import { brief, readText } from "../files.ts";
 import type { SkipSet } from "./model.ts";
 
 /** Where tune-skip writes a model's skip set and self-speculate looks for it. */
@@ -26,7 +26,7 @@ export function parseSkipSet(text: string, numLayers: number, source = "skip set
   }
   const extra = Object.keys(raw).filter((k) => k !== "attn" && k !== "mlp");
   if (extra.length) {
-    throw new InputError(`${source} has unknown key "${extra[0]}" (expected attn, mlp)`);
+    throw new InputError(`${source} has unknown key ${brief(extra[0])} (expected attn, mlp)`);
   }
   const list = (key: "attn" | "mlp"): number[] => {
     const v = (raw as Record<string, unknown>)[key] ?? [];
@@ -37,7 +37,7 @@ export function parseSkipSet(text: string, numLayers: number, source = "skip set
     for (const i of v) {
       if (!Number.isInteger(i) || i < 0 || i >= numLayers) {
         throw new InputError(
-          `${source}: ${key} layer ${JSON.stringify(i)} is not in 0..${numLayers - 1}`,
+          `${source}: ${key} layer ${brief(i)} is not in 0..${numLayers - 1}`,
         );
       }
       if (seen.has(i)) throw new InputError(`${source}: ${key} layer ${i} is listed twice`);

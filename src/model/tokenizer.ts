@@ -15,6 +15,9 @@ export interface ChatMessage {
 
 type Json = Record<string, unknown>;
 
+/** Text that takes a tokenizer through its normalizer, pre-tokenizer, model and decoder. */
+const PROBE = "Hello, world! 123 \u00e9\n";
+
 /** A special token in tokenizer_config.json: a string, or an AddedToken object `{content}`. */
 function tokenText(value: unknown): string | undefined {
   if (typeof value === "string") return value;
@@ -41,6 +44,7 @@ export class ModelTokenizer {
   private constructor(
     private readonly tok: Tokenizer,
     private readonly config: Json,
+    private readonly tokenizerPath: string,
     private readonly configPath: string,
   ) {
     const id = (v: unknown) => {
@@ -50,7 +54,8 @@ export class ModelTokenizer {
     this.bosTokenId = id(config.bos_token);
     const eos = id(config.eos_token);
     this.eosTokenIds = eos === undefined ? [] : [eos];
-    this.vocabSize = tok.model?.vocab.length ?? 0;
+    this.vocabSize = tok.model?.vocab?.length ?? 0;
+    if (!Number.isSafeInteger(this.vocabSize)) throw new Error("its model has no vocabulary list");
   }
 
   static async load(modelDir: string): Promise<ModelTokenizer> {
@@ -58,32 +63,53 @@ export class ModelTokenizer {
     const tokenizerPath = `${dir}/tokenizer.json`, configPath = `${dir}/tokenizer_config.json`;
     const json = await readJsonObject(tokenizerPath, ModelError);
     const config = await readJsonObject(configPath, ModelError);
-    let tok: Tokenizer;
     try {
-      tok = new Tokenizer(json, config);
+      const tok = new ModelTokenizer(
+        new Tokenizer(json, config),
+        config,
+        tokenizerPath,
+        configPath,
+      );
+      // The library builds its parts lazily: a malformed part fails on first use, so use them all.
+      tok.decode(tok.encode(PROBE), { skipSpecialTokens: false });
+      return tok;
     } catch (e) {
       throw new ModelError(`${tokenizerPath} cannot be used: ${detail(e)}`);
     }
-    return new ModelTokenizer(tok, config, configPath);
+  }
+
+  /** Runs a library call; a failure is the tokenizer file's fault, a ModelError naming it. */
+  #guard<T>(what: string, call: () => T): T {
+    try {
+      return call();
+    } catch (e) {
+      if (e instanceof ModelError) throw e;
+      throw new ModelError(`${this.tokenizerPath} cannot ${what}: ${detail(e)}`);
+    }
   }
 
   /** Ids for a plain prompt, with the special tokens the post-processor adds (BOS here). */
   encode(text: string): number[] {
-    return this.tok.encode(text).ids;
+    return this.#guard("encode the text", () => this.tok.encode(text).ids);
   }
 
   /** Ids of text that already holds its special tokens (a rendered chat template): no BOS added. */
   encodeRaw(text: string): number[] {
-    return this.tok.encode(text, { add_special_tokens: false }).ids;
+    return this.#guard(
+      "encode the text",
+      () => this.tok.encode(text, { add_special_tokens: false }).ids,
+    );
   }
 
   /** Text of `ids`; special tokens (BOS, EOS, ...) are skipped unless `skipSpecialTokens: false`. */
   decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
-    // The library throws on an empty list and has no text for ids past its vocabulary (models often
-    // pad their embedding table): both give no text here.
-    const known = ids.filter((id) => this.tok.id_to_token(id) !== undefined);
-    if (known.length === 0) return "";
-    return this.tok.decode(known, { skip_special_tokens: opts.skipSpecialTokens ?? true });
+    return this.#guard("decode the ids", () => {
+      // The library throws on an empty list and has no text for ids past its vocabulary (models
+      // often pad their embedding table): both give no text here.
+      const known = ids.filter((id) => this.tok.id_to_token(id) !== undefined);
+      if (known.length === 0) return "";
+      return this.tok.decode(known, { skip_special_tokens: opts.skipSpecialTokens ?? true });
+    });
   }
 
   /** The chat template rendered for `messages`, with the generation prompt appended. */

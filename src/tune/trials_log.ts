@@ -6,7 +6,7 @@
  * trial that was in progress and is run again.
  */
 import { InputError } from "../errors.ts";
-import { readTextSync } from "../files.ts";
+import { brief, readTextSync } from "../files.ts";
 import type { SkipSet } from "../model/model.ts";
 import type { CostModel } from "./objective.ts";
 
@@ -79,8 +79,8 @@ export class TrialsLog {
     for (const [key, value] of Object.entries(header)) {
       if (found[key] !== value) {
         throw new InputError(
-          `--resume ${path}: the log is for ${key} ${JSON.stringify(found[key])}, ` +
-            `this run has ${JSON.stringify(value)}`,
+          `--resume ${path}: the log is for ${key} ${brief(found[key])}, ` +
+            `this run has ${brief(value)}`,
         );
       }
     }
@@ -92,12 +92,12 @@ export class TrialsLog {
         throw new InputError(`--resume ${path}: line ${i + 2} is trial ${t.trial}, expected ${i}`);
       }
     });
-    // Drop a cut-off last line so the next append starts on a line of its own.
-    Deno.writeTextFileSync(path, complete.map((l) => l + "\n").join(""));
     const costModel = found.costModel as CostModel;
     if (!isCostModel(costModel)) {
       throw new InputError(`--resume ${path}: the header has no valid cost model`);
     }
+    // Drop a cut-off last line so the next append starts on a line of its own.
+    Deno.writeTextFileSync(path, complete.map((l) => l + "\n").join(""));
     return { log: new TrialsLog(path), trials, costModel };
   }
 
@@ -107,7 +107,7 @@ export class TrialsLog {
 }
 
 function checkTrial(v: Record<string, unknown>, path: string, line: number, layers: number): Trial {
-  const skip = v.skip as Record<string, unknown> | undefined;
+  const skip = v.skip as Record<string, unknown> | null | undefined;
   const numbers = [
     "trial",
     "value",
@@ -117,7 +117,7 @@ function checkTrial(v: Record<string, unknown>, path: string, line: number, laye
     "ms",
   ];
   const ok = numbers.every((k) => typeof v[k] === "number" && Number.isFinite(v[k])) &&
-    (v.phase === "random" || v.phase === "bo") && skip !== undefined &&
+    (v.phase === "random" || v.phase === "bo") && typeof skip === "object" && skip !== null &&
     Array.isArray(skip.attn) && Array.isArray(skip.mlp) &&
     [skip.attn, skip.mlp].every((list) =>
       new Set(list).size === list.length &&
