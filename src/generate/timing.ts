@@ -1,4 +1,6 @@
 /** Timing helpers shared by bench and tune-skip's cost model. */
+import { median } from "../bench/stats.ts";
+export { median };
 import { Recorder } from "../gpu/ops.ts";
 import { GpuTimer } from "../gpu/profile.ts";
 import type { Model, SkipSet } from "../model/model.ts";
@@ -45,10 +47,4 @@ export async function forwardMs(model: Model, n: number, skip: SkipSet, repeats:
   const times = [];
   for (let i = 0; i < repeats; i++) times.push(((await timed(24)) - (await timed(4))) / 20);
   return Math.max(1e-3, median(times));
-}
-
-export function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }

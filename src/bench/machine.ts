@@ -1,0 +1,39 @@
+/** The machine a bench ran on: Deno, OS, CPUs, and the WebGPU adapter's identity and limits. */
+import type { Gpu } from "../gpu/device.ts";
+import type { MachineInfo } from "./report.ts";
+
+export function machineInfo(gpu: Gpu): MachineInfo {
+  const info = gpu.adapterInfo;
+  const limits: Record<string, number> = {};
+  const deviceLimits = gpu.device.limits as unknown as Record<string, number>;
+  // GPUSupportedLimits keeps its fields as prototype getters: walk the prototype for their names.
+  for (
+    const key of Object.keys(Object.getOwnPropertyDescriptors(Object.getPrototypeOf(deviceLimits)))
+  ) {
+    const value = deviceLimits[key];
+    if (typeof value === "number") limits[key] = value;
+  }
+  let lavapipeThreads: string | null = null;
+  try {
+    lavapipeThreads = Deno.env.get("LP_NUM_THREADS") ?? null;
+  } catch {
+    // no env permission
+  }
+  return {
+    deno: Deno.version.deno,
+    v8: Deno.version.v8,
+    os: Deno.build.os,
+    arch: Deno.build.arch,
+    cpus: navigator.hardwareConcurrency,
+    adapter: {
+      vendor: info.vendor,
+      architecture: info.architecture,
+      device: info.device,
+      description: info.description,
+      isFallback: gpu.isFallback,
+    },
+    features: [...gpu.device.features].sort(),
+    limits,
+    lavapipeThreads,
+  };
+}

@@ -1,0 +1,273 @@
+/**
+ * bench's own logic: statistics, the report schema and its validator, kernel labels, the synthetic
+ * shapes' tensors against the real models' published parameter counts, and whole runs through the
+ * CLI (fixture with speculation, a trimmed synthetic shape) whose JSON must validate. No timings
+ * are asserted.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { kernelName } from "../src/bench/measure.ts";
+import { type BenchReport, validateReport } from "../src/bench/report.ts";
+import { histogram, median, pairedRatios, summarize } from "../src/bench/stats.ts";
+import { syntheticConfig, syntheticSource, syntheticTensors } from "../src/model/synthetic.ts";
+import { loadSafetensorsIndex } from "../src/model/safetensors.ts";
+import { parameterCount } from "../src/model/weights.ts";
+import { assertOneLineError, FIXTURE, skipspec } from "./helpers/cli.ts";
+
+Deno.test("summaries: min, median (odd and even counts), max, runs kept in order", () => {
+  assert.deepEqual(summarize([3, 1, 2]), { min: 1, median: 2, max: 3, runs: [3, 1, 2] });
+  assert.equal(median([4, 1, 3, 2]), 2.5);
+  assert.equal(median([7]), 7);
+  assert.throws(() => summarize([]), RangeError);
+  assert.throws(() => summarize([1, NaN]), RangeError);
+  assert.deepEqual(pairedRatios([2, 9], [1, 3]), [2, 3]);
+  assert.throws(() => pairedRatios([1], [1, 2]), RangeError);
+  assert.deepEqual(histogram([2, 1, 2, 4, 2]), [
+    { value: 1, count: 1 },
+    { value: 2, count: 3 },
+    { value: 4, count: 1 },
+  ]);
+});
+
+Deno.test("kernel labels read as the kernel file and its defines", () => {
+  assert.equal(
+    kernelName('matmul[["DTYPE_BF16",true],["NORM",false],["ROWS",8]]'),
+    "matmul DTYPE_BF16 ROWS=8",
+  );
+  assert.equal(kernelName("rope_kv[]"), "rope_kv");
+  assert.equal(kernelName("plain"), "plain");
+});
+
+// Published parameter counts (Hugging Face model cards / safetensors metadata of the releases).
+const KNOWN_PARAMETERS: Record<string, number> = {
+  "llama-3.2-1b": 1_235_814_400,
+  "tinyllama-1.1b": 1_100_048_384,
+  "gemma-2-2b": 2_614_341_888,
+};
+
+Deno.test("synthetic shapes have the real models' tensors and parameter counts", () => {
+  for (const [shape, count] of Object.entries(KNOWN_PARAMETERS)) {
+    const source = syntheticSource(shape);
+    assert.equal(parameterCount(source.tensors), count, shape);
+    for (const t of source.tensors.values()) assert.equal(t.dtype, "BF16");
+  }
+  const llama = syntheticTensors(syntheticConfig("llama-3.2-1b"), "x");
+  assert.deepEqual(llama.get("model.layers.15.self_attn.k_proj.weight")?.shape, [512, 2048]);
+  assert.ok(!llama.has("lm_head.weight"), "Llama-3.2-1B ties its head to the embeddings");
+  const tiny = syntheticTensors(syntheticConfig("tinyllama-1.1b"), "x");
+  assert.deepEqual(tiny.get("lm_head.weight")?.shape, [32000, 2048]);
+  const gemma = syntheticTensors(syntheticConfig("gemma-2-2b"), "x");
+  assert.deepEqual(gemma.get("model.layers.0.self_attn.q_proj.weight")?.shape, [2048, 2304]);
+  assert.ok(gemma.has("model.layers.25.post_feedforward_layernorm.weight"));
+});
+
+Deno.test("--layers trims a shape; unknown shapes and bad layer counts are usage errors", () => {
+  const one = syntheticSource("tinyllama-1.1b", 1);
+  // embeddings + head (2 x 32000 x 2048) + one layer + final norm
+  assert.equal(parameterCount(one.tensors), 131_072_000 + 44_044_288 + 2048);
+  assert.equal(one.cfg.numLayers, 1);
+  assert.throws(() => syntheticSource("gpt-5"), /unknown synthetic shape "gpt-5"/);
+  assert.throws(() => syntheticSource("llama-3.2-1b", 17), /--layers must be 1..16/);
+});
+
+Deno.test("synthetic weights are seeded: the same piece twice, norm gains are the identity", async () => {
+  const source = syntheticSource("gemma-2-2b", 1);
+  const read = async (name: string) => {
+    const pieces: Uint8Array[] = [];
+    await source.read(source.tensors.get(name)!, (b) => {
+      pieces.push(b);
+    }, 1 << 20);
+    return pieces[0];
+  };
+  const q = "model.layers.0.self_attn.q_proj.weight";
+  assert.deepEqual(await read(q), await read(q));
+  const halves = new Uint16Array((await read(q)).buffer);
+  const exponents = new Set([...halves.slice(0, 4096)].map((h) => (h >> 7) & 0xff));
+  assert.deepEqual([...exponents].sort(), [120, 121], "magnitudes in [2^-7, 2^-5)");
+  const gain = new Uint16Array((await read("model.norm.weight")).buffer);
+  assert.ok(gain.every((h) => h === 0), "Gemma stores w of (1 + w): identity is 0");
+  const llamaGain = syntheticSource("llama-3.2-1b", 1);
+  const pieces: Uint8Array[] = [];
+  await llamaGain.read(llamaGain.tensors.get("model.norm.weight")!, (b) => {
+    pieces.push(b);
+  }, 1 << 20);
+  assert.ok(new Uint16Array(pieces[0].buffer).every((h) => h === 0x3f80), "Llama gain 1.0");
+});
+
+async function benchRun(
+  args: string[],
+): Promise<{ report: BenchReport; stdout: string; svg: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "skipspec-bench-" });
+  const json = join(dir, "bench.json");
+  const plot = join(dir, "bench.svg");
+  const run = await skipspec(
+    ["bench", ...args, "--repeats", "1", "--prompt-count", "1", "--json", json, "--plot", plot],
+    {},
+    { write: dir },
+  );
+  assert.equal(run.code, 0, run.stderr);
+  const report = JSON.parse(await Deno.readTextFile(json));
+  validateReport(report);
+  const svg = await Deno.readTextFile(plot);
+  await Deno.remove(dir, { recursive: true });
+  return { report, stdout: run.stdout, svg };
+}
+
+Deno.test("bench on a fixture: every mode, a valid report, a plot, a table", async () => {
+  const { report, stdout, svg } = await benchRun([
+    "--model",
+    FIXTURE,
+    "--new-tokens",
+    "8",
+    "--prefill-tokens",
+    "16",
+    "--memcpy",
+    "--quiet",
+  ]);
+  assert.equal(report.models.length, 1);
+  const model = report.models[0];
+  assert.equal(model.parameters, parameterCount(await loadSafetensorsIndex(FIXTURE)));
+  assert.deepEqual(model.modes.map((m) => m.mode), [
+    "prefill",
+    "decode",
+    "speculate",
+    "self-speculate",
+  ]);
+  const byMode = Object.fromEntries(model.modes.map((m) => [m.mode, m]));
+  assert.equal(byMode.decode.speedup!.median, 1);
+  assert.equal(
+    byMode.decode.weightBytesPerToken,
+    model.parameters * 2 - 1024 * 128 * 2,
+    "bf16 weights read per step, not the embedding table",
+  );
+  assert.equal(byMode.speculate.draft, "tiny-draft");
+  assert.match(byMode["self-speculate"].draft!, /^skip \d+\/24$/);
+  for (const mode of ["speculate", "self-speculate"]) {
+    const f = byMode[mode];
+    assert.ok(f.meaningful);
+    const rounds = f.tokensPerRoundHistogram!.reduce((a, b) => a + b.count, 0);
+    const emitted = f.tokensPerRoundHistogram!.reduce((a, b) => a + b.value * b.count, 0);
+    assert.ok(
+      Math.abs(emitted / rounds - f.tokensPerRound!.median) < 1e-9,
+      "histogram = tok/round",
+    );
+  }
+  assert.ok(report.memcpy!.gbPerSecond.median > 0);
+  assert.ok(model.kernels!.length > 0 && model.kernels!.some((k) => k.kernel.startsWith("matmul")));
+  assert.equal(model.kernels!.reduce((a, k) => a + k.calls, 0), 12 * 6 + 2, "dispatches of a step");
+  assert.match(report.machine.adapter.description, /\S/);
+  assert.match(stdout, /self-speculate/);
+  assert.match(stdout, /top kernels/);
+  assert.match(svg, /^<svg/);
+  assert.match(svg, /tokens emitted per speculative round/);
+});
+
+Deno.test("bench --synthetic: a trimmed real shape, speculation marked as meaningless", async () => {
+  const { report, stdout } = await benchRun([
+    "--synthetic",
+    "tinyllama-1.1b",
+    "--layers",
+    "1",
+    "--modes",
+    "decode,self-speculate",
+    "--skip",
+    '{"attn":[],"mlp":[0]}',
+    "--new-tokens",
+    "3",
+  ]);
+  const model = report.models[0];
+  assert.equal(model.model, "synthetic:tinyllama-1.1b:1");
+  assert.ok(model.synthetic);
+  assert.equal(model.layers, 1);
+  assert.equal(model.parameters, 131_072_000 + 44_044_288 + 2048);
+  const [decode, self] = model.modes;
+  assert.equal(decode.mode, "decode");
+  assert.ok(decode.meaningful);
+  assert.equal(self.mode, "self-speculate");
+  assert.equal(self.meaningful, false);
+  assert.match(stdout, /untrained synthetic weights/);
+});
+
+Deno.test("report validation rejects broken figures", () => {
+  const summary = (v: number) => ({ min: v, median: v, max: v, runs: [v] });
+  const valid = (): BenchReport => ({
+    schema: "skipspec-bench/1",
+    date: new Date(0).toISOString(),
+    machine: {
+      deno: "2.9.6",
+      v8: "x",
+      os: "linux",
+      arch: "x86_64",
+      cpus: 2,
+      adapter: { vendor: "v", architecture: "", device: "0", description: "d", isFallback: true },
+      features: ["timestamp-query"],
+      limits: { maxBufferSize: 1 },
+      lavapipeThreads: null,
+    },
+    settings: { newTokens: 8, repeats: 1, prompts: 1, prefillTokens: 16, modes: ["decode"] },
+    memcpy: null,
+    models: [{
+      model: "m",
+      synthetic: false,
+      architecture: "LlamaForCausalLM",
+      layers: 1,
+      parameters: 10,
+      dtype: "BF16",
+      contextLength: 16,
+      promptTokens: 3,
+      forward8OverForward1: summary(2),
+      kernels: [{ kernel: "k", calls: 1, msPerToken: 1, share: 1 }],
+      modes: [{
+        mode: "self-speculate",
+        draft: "skip 1/2",
+        meaningful: true,
+        tokensPerSecond: summary(10),
+        msPerToken: summary(100),
+        speedup: summary(1.1),
+        dispatchesPerToken: 10,
+        readbacksPerToken: 0.1,
+        weightBytesPerToken: null,
+        weightGBPerSecond: null,
+        acceptanceRate: summary(0.5),
+        tokensPerRound: summary(2),
+        draftStepsPerRound: summary(1),
+        readbacksPerRound: summary(0.2),
+        tokensPerRoundHistogram: [{ value: 2, count: 4 }],
+        predictedSpeedup: 1,
+        idealSpeedup: 1.2,
+      }],
+    }],
+  });
+  validateReport(valid());
+  const broken: [string, (r: BenchReport) => void][] = [
+    ["schema", (r) => ((r as { schema: string }).schema = "other")],
+    ["median above max", (r) => (r.models[0].modes[0].tokensPerSecond.median = 11)],
+    ["min disagrees with runs", (r) => (r.models[0].forward8OverForward1.min = 1)],
+    ["acceptance over 1", (r) => (r.models[0].modes[0].acceptanceRate = summary(1.5))],
+    ["no histogram", (r) => (r.models[0].modes[0].tokensPerRoundHistogram = null)],
+    ["shares", (r) => (r.models[0].kernels![0].share = 0.5)],
+    ["mode", (r) => ((r.models[0].modes[0] as { mode: string }).mode = "fast")],
+    ["missing machine", (r) => delete (r as Partial<BenchReport>).machine],
+    ["negative", (r) => (r.models[0].modes[0].dispatchesPerToken = -1)],
+  ];
+  for (const [what, breakIt] of broken) {
+    const r = valid();
+    breakIt(r);
+    assert.throws(() => validateReport(r), RangeError, what);
+  }
+});
+
+Deno.test("bench: bad flags and unwritable outputs fail at once, in one line", async () => {
+  assertOneLineError(
+    await skipspec(["bench", "--synthetic", "gpt-5"]),
+    2,
+    /unknown synthetic shape/,
+  );
+  assertOneLineError(await skipspec(["bench", "--modes", "decode,warp"]), 2, /unknown mode "warp"/);
+  assertOneLineError(await skipspec(["bench", "--layers", "2"]), 2, /--layers trims a --synthetic/);
+  assertOneLineError(
+    await skipspec(["bench", "--json", "/tmp/skipspec-no-write.json"]),
+    5,
+    /cannot write .*--allow-write/,
+  );
+});
