@@ -212,6 +212,11 @@ Deno.test("a prompt longer than the context and invalid skip sets are input erro
     /file not found/,
   );
   assertOneLineError(await skipspec(["decode"]), 5, /no prompt/);
+  assertOneLineError(
+    await skipspec(["decode", "--prompt-file", "/nonexistent.txt"]),
+    5,
+    /--prompt-file \/nonexistent\.txt: file not found/,
+  );
 });
 
 Deno.test("a machine without a GPU adapter gets a one-line error naming the remedy (exit 4)", async () => {

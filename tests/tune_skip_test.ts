@@ -23,11 +23,28 @@ function shared() {
     const prompts = join(dir, "prompts.txt");
     await Deno.writeTextFile(prompts, PROMPTS);
     const r = await skipspec(
-      ["tune-skip", ...SMALL, "--prompts", prompts, "--trials", "1", "--out", dir, "--json"],
+      [
+        "tune-skip",
+        ...SMALL,
+        "--prompts",
+        prompts,
+        "--trials",
+        "1",
+        "--out",
+        dir,
+        "--json",
+        "--verbose",
+      ],
       {},
       { write: dir },
     );
     assert.equal(r.code, 0, r.stderr);
+    // --verbose: the adapter, the load time and each phase's time, on stderr beside --json.
+    for (const phase of ["model: .* loaded in", "timings: warm-up", "timings: cost model \\d"]) {
+      assert.match(r.stderr, new RegExp(`^${phase}`, "m"));
+    }
+    assert.match(r.stderr, /^adapter: /m);
+    assert.match(r.stderr, /^timings: search \(1 trial, \d+ ms each\)/m);
     const costModel = join(dir, "cost_model.json");
     await Deno.writeTextFile(costModel, JSON.stringify(JSON.parse(r.stdout).costModel));
     return { dir, prompts, costModel };

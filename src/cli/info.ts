@@ -5,6 +5,7 @@
  * model is not loaded: the figures come from config.json and the safetensors headers.
  */
 import { InputError, ModelError, UsageError } from "../errors.ts";
+import { readJson } from "../files.ts";
 import { openGpu } from "../gpu/device.ts";
 import { type ModelConfig, resolveConfig } from "../model/config.ts";
 import { DTYPE_BYTES, loadSafetensorsIndex, type TensorInfo } from "../model/safetensors.ts";
@@ -138,20 +139,7 @@ async function describeGpu(): Promise<AdapterReport> {
 }
 
 async function readModel(dir: string) {
-  const path = `${dir}/config.json`;
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new ModelError(`${path} not found`);
-    throw new ModelError(`${path} cannot be read: ${(e as Error).message.split("\n")[0]}`);
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new ModelError(`${path} is not valid JSON: ${(e as Error).message.split("\n")[0]}`);
-  }
+  const raw = await readJson(`${dir}/config.json`, ModelError);
   return { cfg: resolveConfig(raw), tensors: await loadSafetensorsIndex(dir) };
 }
 

@@ -7,6 +7,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { InputError, ModelError, UsageError } from "../errors.ts";
+import { readJsonObject, readText } from "../files.ts";
 import type { Gpu } from "../gpu/device.ts";
 import type { SamplingParams } from "../gpu/ops.ts";
 import { resolveModelDir } from "../model/hf_cache.ts";
@@ -192,26 +193,15 @@ export interface GenerationConfig {
   eos_token_id?: number | number[];
 }
 
+/** generation_config.json of the model folder; none is `{}` (the defaults apply). */
 export async function readGenerationConfig(dir: string): Promise<GenerationConfig> {
   const path = `${dir}/generation_config.json`;
-  let text: string;
   try {
-    text = await Deno.readTextFile(path);
+    await Deno.lstat(path);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return {};
-    throw new ModelError(`${path} cannot be read: ${(e as Error).message}`);
   }
-  try {
-    const parsed = JSON.parse(text);
-    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-      throw new Error("not an object");
-    }
-    return parsed;
-  } catch (e) {
-    throw new ModelError(
-      `${path} is not a valid JSON object: ${(e as Error).message.split("\n")[0]}`,
-    );
-  }
+  return await readJsonObject(path, ModelError) as GenerationConfig;
 }
 
 type GenerationFlagValues = {
@@ -261,13 +251,8 @@ export async function openSession(
   }
   let promptText = flags.prompt;
   if (flags["prompt-file"] !== undefined) {
-    try {
-      promptText = await Deno.readTextFile(flags["prompt-file"]);
-    } catch (e) {
-      throw new InputError(
-        `--prompt-file ${flags["prompt-file"]}: ${(e as Error).message.split("\n")[0]}`,
-      );
-    }
+    const path = flags["prompt-file"];
+    promptText = await readText(path, InputError, { label: `--prompt-file ${path}` });
   }
   if (promptText === undefined) {
     throw new InputError("no prompt: give --prompt TEXT or --prompt-file FILE");

@@ -7,6 +7,7 @@
  */
 import { join } from "node:path";
 import { InputError, UsageError } from "../errors.ts";
+import { readJson, readText } from "../files.ts";
 import { median } from "../generate/timing.ts";
 import { Model, type SkipSet } from "../model/model.ts";
 import { defaultSkipSetPath, skipCount } from "../model/skip.ts";
@@ -133,12 +134,7 @@ export function bitsFromSkip(skip: SkipSet, layers: number): number[] {
 
 /** Calibration prompts from a text file (one per line, "\n" escapes) or JSONL ({"prompt": ...}). */
 export async function readPrompts(path: string): Promise<string[]> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    throw new InputError(`--prompts ${path}: ${(e as Error).message.split("\n")[0]}`);
-  }
+  const text = await readText(path, InputError, { label: `--prompts ${path}`, allowEmpty: true });
   const lines = text.split("\n").filter((l) => l.trim() !== "");
   const prompts = lines.map((line, i) => {
     if (!line.trimStart().startsWith("{")) return line.replaceAll("\\n", "\n");
@@ -325,7 +321,7 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
   progress.end();
   const newTrials = logged.length - history.length;
   phase(
-    `search (${newTrials} trials, ${
+    `search (${newTrials} trial${newTrials === 1 ? "" : "s"}, ${
       ms((performance.now() - started) / Math.max(1, newTrials))
     } each)`,
   );
@@ -374,12 +370,7 @@ export async function runTuneSkip(argv: string[]): Promise<number> {
 }
 
 async function readCostModel(path: string): Promise<CostModel> {
-  let value: unknown;
-  try {
-    value = JSON.parse(await Deno.readTextFile(path));
-  } catch (e) {
-    throw new InputError(`--cost-model ${path}: ${(e as Error).message.split("\n")[0]}`);
-  }
+  const value = await readJson(path, InputError, { label: `--cost-model ${path}` });
   if (!isCostModel(value)) throw new InputError(`--cost-model ${path}: not a cost model`);
   return value;
 }
