@@ -344,7 +344,8 @@ export function stdoutText(tokenizer: ModelTokenizer) {
  */
 export async function untilInterrupted<T>(run: (shouldStop: () => boolean) => Promise<T>) {
   let interrupted = false;
-  const onInterrupt = () => (interrupted = true);
+  // A second Ctrl-C does not wait for the next check.
+  const onInterrupt = () => interrupted ? Deno.exit(130) : (interrupted = true);
   Deno.addSignalListener("SIGINT", onInterrupt);
   try {
     return await run(() => interrupted);
