@@ -3,7 +3,7 @@
  * (`fixtures/<model>/reference.json`), for both architectures and for skipped sub-layers.
  */
 import assert from "node:assert/strict";
-import { decode } from "../src/generate/decode.ts";
+import { decode, FIRST_CHUNK, MAX_CHUNK } from "../src/generate/decode.ts";
 import { GREEDY } from "../src/gpu/ops.ts";
 import { Model, type SkipSet } from "../src/model/model.ts";
 import { ModelTokenizer } from "../src/model/tokenizer.ts";
@@ -116,20 +116,32 @@ Deno.test("greedy decoding gives the same continuation whether the prompt is pre
   }
 });
 
+/** Chunks of the doubling schedule 16, 32, 64, 64, ... that cover `steps` decode steps. */
+function chunksFor(steps: number): number {
+  let chunks = 0;
+  for (let size = FIRST_CHUNK, done = 0; done < steps; size = Math.min(2 * size, MAX_CHUNK)) {
+    done += size;
+    chunks++;
+  }
+  return chunks;
+}
+
 Deno.test("decode stops exactly at max-new-tokens and at a stop token, and reads back once per chunk", async () => {
   const model = await Model.load(fixture("tiny-llama"));
   const c = (await reference("tiny-llama"))[0];
-  for (const n of [1, 5, 16, 17, 40]) {
+  for (const n of [1, 5, 16, 17, 40, 48, 120]) {
     const r = await decode(model, c.ids, {
       maxNewTokens: n,
       sampling: GREEDY,
       skip: skipOf(c),
       stopTokens: [],
     });
-    assert.deepEqual(r.tokens, c.greedy_ids.slice(0, n), `max-new-tokens ${n}`);
+    assert.equal(r.tokens.length, n);
+    assert.deepEqual(r.tokens.slice(0, 48), c.greedy_ids.slice(0, n), `max-new-tokens ${n}`);
     assert.equal(r.stats.stopReason, "max-new-tokens");
-    // One readback for the first token, then one per chunk of 16.
-    assert.equal(r.stats.readbacks, 1 + Math.ceil((n - 1) / 16), `readbacks for ${n}`);
+    // One readback for the first token, then one per chunk: 16 steps, then 32, then 64, 64, ...
+    assert.equal(r.stats.readbacks, 1 + chunksFor(n - 1), `readbacks for ${n}`);
+    if (n >= 48) assert.ok(r.stats.readbacksPerToken <= 1 / 16, "<= 1 readback per 16 tokens");
   }
   // Pretend the 7th greedy token is an end-of-text token: generation stops right after it.
   const stopAt = c.greedy_ids[6];

@@ -17,7 +17,7 @@ export interface DecodeOptions {
   skip: SkipSet;
   /** Generation ends after any of these (the stop token is kept in `tokens`). */
   stopTokens: number[];
-  /** Decode steps per command buffer and readback. */
+  /** Decode steps of the first command buffer and readback (later ones double, to MAX_CHUNK). */
   chunkSize?: number;
   /** Called with each batch of newly accepted tokens, in order. */
   onTokens?: (ids: number[]) => void;
@@ -46,7 +46,13 @@ export interface GenerationResult {
   stats: GenerationStats;
 }
 
-export const DEFAULT_CHUNK = 16;
+/**
+ * Decode steps per readback: the first chunk is short so text appears soon; each next one doubles
+ * up to MAX_CHUNK, since every readback costs at least ~10 ms in Deno (a sleep after the queue
+ * drains) and steps past a stop token are wasted work at most one chunk long.
+ */
+export const FIRST_CHUNK = 16;
+export const MAX_CHUNK = 64;
 
 /** No occurrence in `presence` (kernels/logits_processing.wgsl). */
 export const ABSENT = 0xffffffff;
@@ -87,13 +93,17 @@ export async function decode(
     );
   }
   const budget = Math.min(opts.maxNewTokens, contextLength - prompt.length);
-  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
+  let chunkSize = opts.chunkSize ?? FIRST_CHUNK;
   const stop = new Set(opts.stopTokens);
 
   const presence = initialPresence(prompt, cfg.vocabSize);
   const presenceBuffer = storageBuffer(device, presence.byteLength, "presence");
   device.queue.writeBuffer(presenceBuffer, 0, presence);
-  const outTokens = storageBuffer(device, (budget + chunkSize) * 4, "out_tokens");
+  const outTokens = storageBuffer(
+    device,
+    (budget + Math.max(MAX_CHUNK, chunkSize)) * 4,
+    "out_tokens",
+  );
   const sample = sampleOp(model.ctx, {
     vocab: cfg.vocabSize,
     logits: model.act.logits,
@@ -151,6 +161,7 @@ export async function decode(
     const steps = Math.min(chunkSize, budget - scheduled);
     const first = scheduled;
     scheduled += steps;
+    chunkSize = Math.min(2 * chunkSize, Math.max(MAX_CHUNK, chunkSize));
     inflight.push(readTokens(first, steps, (encoder) => {
       const rec = new Recorder(encoder.beginComputePass());
       for (let i = 0; i < steps; i++) {
