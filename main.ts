@@ -13,6 +13,7 @@ import {
   SPECULATE_SUMMARY,
 } from "./src/cli/speculate.ts";
 import { runTuneSkip, TUNE_SKIP_SUMMARY } from "./src/cli/tune_skip.ts";
+import { asDeviceLost } from "./src/gpu/device.ts";
 import { ExitCode, SkipspecError, UsageError } from "./src/errors.ts";
 
 const COMMANDS: Record<string, { summary: string; run: (argv: string[]) => Promise<number> }> = {
@@ -55,8 +56,9 @@ export async function main(argv: string[]): Promise<number> {
       );
     }
     return await entry.run(rest);
-  } catch (e) {
+  } catch (caught) {
     const prefix = colors(useColor()).error("skipspec:");
+    const e = asDeviceLost(caught); // a lost GPU anywhere is one line, exit 4
     if (e instanceof SkipspecError) {
       console.error(`${prefix} ${e.message.split("\n")[0]}`);
       return e.exitCode;

@@ -6,8 +6,8 @@
  * computed past a stop token or the budget are discarded.
  */
 import { InputError } from "../errors.ts";
-import { storageBuffer } from "../gpu/buffers.ts";
-import { throwIfGpuError } from "../gpu/device.ts";
+import { readBuffer, storageBuffer } from "../gpu/buffers.ts";
+import { asDeviceLost } from "../gpu/device.ts";
 import { Recorder, sampleOp, type SamplingParams } from "../gpu/ops.ts";
 import type { Model, SkipSet } from "../model/model.ts";
 
@@ -119,21 +119,15 @@ export async function decode(
     count: number,
     submit: (e: GPUCommandEncoder) => void,
   ) => {
-    const staging = device.createBuffer({
-      size: count * 4,
-      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    });
-    const encoder = device.createCommandEncoder();
-    submit(encoder);
-    encoder.copyBufferToBuffer(outTokens, first * 4, staging, 0, count * 4);
-    device.queue.submit([encoder.finish()]);
-    readbacks++;
-    await staging.mapAsync(GPUMapMode.READ);
-    const ids = [...new Uint32Array(staging.getMappedRange())];
-    staging.unmap();
-    staging.destroy();
-    throwIfGpuError();
-    return ids;
+    try {
+      const encoder = device.createCommandEncoder();
+      submit(encoder);
+      readbacks++;
+      const ids = await readBuffer(device, outTokens, count * 4, first * 4, encoder);
+      return [...new Uint32Array(ids)];
+    } catch (e) {
+      throw asDeviceLost(e);
+    }
   };
 
   // Prefill in chunks of maxBatch; the last chunk's last logits choose the first token.
@@ -162,7 +156,7 @@ export async function decode(
     const first = scheduled;
     scheduled += steps;
     chunkSize = Math.min(2 * chunkSize, Math.max(MAX_CHUNK, chunkSize));
-    inflight.push(readTokens(first, steps, (encoder) => {
+    const read = readTokens(first, steps, (encoder) => {
       const rec = new Recorder(encoder.beginComputePass());
       for (let i = 0; i < steps; i++) {
         model.recordForward(rec, 1, opts.skip, "last");
@@ -170,7 +164,9 @@ export async function decode(
       }
       rec.pass.end();
       decodeDispatches += rec.dispatches;
-    }));
+    });
+    read.catch(() => {}); // a failure (device lost) surfaces where it is awaited, once
+    inflight.push(read);
   };
   let done = stopReason === "stop-token" || tokens.length >= budget;
   while (!done) {

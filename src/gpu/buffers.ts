@@ -10,7 +10,7 @@ export function align4(bytes: number): number {
   return Math.ceil(bytes / 4) * 4;
 }
 
-import { throwIfGpuError } from "./device.ts";
+import { asDeviceLost, mapForRead, throwIfGpuError } from "./device.ts";
 
 /** A field of a uniform block: a u32 or an f32, written in declaration order. */
 export type Field = ["u32" | "f32", number];
@@ -43,18 +43,22 @@ export async function readBuffer(
   offset = 0,
   encoder = device.createCommandEncoder(),
 ): Promise<ArrayBuffer> {
-  const staging = device.createBuffer({
-    size: align4(bytes),
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  encoder.copyBufferToBuffer(source, offset, staging, 0, align4(bytes));
-  device.queue.submit([encoder.finish()]);
-  await staging.mapAsync(GPUMapMode.READ);
-  const copy = staging.getMappedRange().slice(0, bytes);
-  staging.unmap();
-  staging.destroy();
-  throwIfGpuError();
-  return copy;
+  try {
+    const staging = device.createBuffer({
+      size: align4(bytes),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    encoder.copyBufferToBuffer(source, offset, staging, 0, align4(bytes));
+    device.queue.submit([encoder.finish()]);
+    await mapForRead(staging);
+    const copy = staging.getMappedRange().slice(0, bytes);
+    staging.unmap();
+    staging.destroy();
+    throwIfGpuError();
+    return copy;
+  } catch (e) {
+    throw asDeviceLost(e);
+  }
 }
 
 export async function readF32(device: GPUDevice, source: GPUBuffer, count: number, offset = 0) {

@@ -17,12 +17,15 @@ const NO_ADAPTER = "no WebGPU adapter found: install a GPU driver with Vulkan su
 
 let opened: Promise<Gpu> | undefined;
 const gpuErrors: string[] = [];
+/** Why the device was lost, once it was (destroyed, driver reset, ...). */
+let lost: GPUDeviceLostInfo | undefined;
 
 /**
  * Throws the first GPU error (invalid shader, validation, out of memory) raised since the last
  * check. WebGPU reports these asynchronously, so callers check after each readback.
  */
 export function throwIfGpuError() {
+  if (lost) throw deviceLostError();
   if (gpuErrors.length === 0) return;
   const first = gpuErrors[0].trim().split("\n").map((l) => l.trim()).filter(Boolean).slice(0, 3);
   gpuErrors.length = 0;
@@ -41,6 +44,32 @@ function singleThreadedLavapipe() {
     if (Deno.env.get("LP_NUM_THREADS") === undefined) Deno.env.set("LP_NUM_THREADS", "0");
   } catch {
     // No env permission: keep the driver's default.
+  }
+}
+
+function deviceLostError(detail = ""): GpuError {
+  const why = lost ? `${lost.reason}${lost.message ? `: ${lost.message}` : ""}` : detail;
+  return new GpuError(`the GPU device was lost (${why.split("\n")[0]}); output so far is above`);
+}
+
+/** `e` as the one-line device-lost GpuError when it says the device is gone; else `e`. */
+export function asDeviceLost(e: unknown): unknown {
+  if (e instanceof GpuError) return e;
+  const message = (e as Error)?.message ?? String(e);
+  return lost || /device (is|was) lost|destroyed/i.test(message) ? deviceLostError(message) : e;
+}
+
+/**
+ * Maps a staging buffer for reading. A failed map means the device is gone (lost, reset,
+ * destroyed): that becomes a one-line GpuError instead of a DOMException, after giving the
+ * device's `lost` promise a moment to say why.
+ */
+export async function mapForRead(buffer: GPUBuffer, offset?: number, size?: number) {
+  try {
+    await buffer.mapAsync(GPUMapMode.READ, offset, size);
+  } catch (e) {
+    if (!lost) await new Promise((resolve) => setTimeout(resolve, 50));
+    throw deviceLostError((e as Error).message);
   }
 }
 
@@ -74,6 +103,11 @@ async function requestGpu(): Promise<Gpu> {
       maxComputeWorkgroupSizeX: limits.maxComputeWorkgroupSizeX,
       maxComputeWorkgroupsPerDimension: limits.maxComputeWorkgroupsPerDimension,
     },
+  });
+  lost = undefined;
+  device.lost.then((info) => {
+    lost = info;
+    opened = undefined; // the next openGpu() asks for a new device
   });
   device.addEventListener("uncapturederror", (e) => {
     gpuErrors.push((e as GPUUncapturedErrorEvent).error.message);

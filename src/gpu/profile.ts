@@ -3,7 +3,7 @@
  * quantise it): the time of a compute pass, and per-kernel time with one pass per dispatch. Unlike
  * wall-clock around a readback, this leaves out Deno's ~10 ms wait in mapAsync.
  */
-import type { Gpu } from "./device.ts";
+import { type Gpu, mapForRead } from "./device.ts";
 import { Recorder } from "./ops.ts";
 
 /** Most timestamps in one query set (WebGPU's limit is 4096). */
@@ -101,7 +101,7 @@ export class GpuTimer {
     encoder.resolveQuerySet(this.#querySet, 0, count, this.#resolve, 0);
     encoder.copyBufferToBuffer(this.#resolve, 0, this.#read, 0, count * 8);
     this.device.queue.submit([encoder.finish()]);
-    await this.#read.mapAsync(GPUMapMode.READ, 0, count * 8);
+    await mapForRead(this.#read, 0, count * 8);
     const stamps = new BigInt64Array(this.#read.getMappedRange(0, count * 8).slice(0));
     this.#read.unmap();
     return stamps;

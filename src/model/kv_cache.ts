@@ -19,18 +19,27 @@ export class KvCache {
     readonly capacity: number,
     maxBinding: number,
   ) {
+    const bytes = KvCache.check(cfg, capacity, maxBinding);
+    for (let l = 0; l < cfg.numLayers; l++) {
+      this.keys.push(storageBuffer(device, bytes, `k${l}`));
+      this.values.push(storageBuffer(device, bytes, `v${l}`));
+    }
+  }
+
+  /**
+   * Bytes of one layer's keys (or values) for `capacity` tokens; a GpuError naming the limit and
+   * the largest context that fits when one layer's buffer exceeds the storage binding limit.
+   */
+  static check(cfg: ModelConfig, capacity: number, maxBinding: number): number {
     const bytes = capacity * cfg.numKvHeads * cfg.headDim * 4;
     if (bytes > maxBinding) {
       const most = Math.floor(maxBinding / (cfg.numKvHeads * cfg.headDim * 4));
       throw new GpuError(
         `a context of ${capacity} tokens needs ${bytes} bytes of K/V per layer, over this GPU's ` +
-          `binding limit of ${maxBinding}: use --context ${most} or less`,
+          `storage binding limit of ${maxBinding} bytes: use --context ${most} or less`,
       );
     }
-    for (let l = 0; l < cfg.numLayers; l++) {
-      this.keys.push(storageBuffer(device, bytes, `k${l}`));
-      this.values.push(storageBuffer(device, bytes, `v${l}`));
-    }
+    return bytes;
   }
 
   /** Sets the cache length (state.pos): positions >= length are dropped. */

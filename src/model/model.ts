@@ -120,11 +120,10 @@ export class Model {
         `context length ${contextLength} is outside 2..${cfg.maxPositions} (max_position_embeddings)`,
       );
     }
+    KvCache.check(cfg, contextLength, gpu.maxBinding); // before any work that scales with it
     const maxBatch = Math.min(options.maxBatch ?? 128, contextLength);
     const state = storageBuffer(device, STATE_BYTES, "state");
     const ctx: OpContext = { device, pipelines: new Pipelines(device), state };
-    const act = allocateActivations(device, cfg, maxBatch, gpu.maxBinding);
-    const kv = new KvCache(device, state, cfg, contextLength, gpu.maxBinding);
     const inv = inverseFrequencies(cfg.headDim, cfg.ropeTheta, cfg.ropeScaling);
     const table = cosSinTable(contextLength, inv);
     const cosSin = storageBuffer(device, table.byteLength, "cos_sin");
@@ -139,6 +138,8 @@ export class Model {
       source.read,
     );
     device.pushErrorScope("out-of-memory");
+    const act = allocateActivations(device, cfg, maxBatch, gpu.maxBinding);
+    const kv = new KvCache(device, state, cfg, contextLength, gpu.maxBinding);
     const net = await BUILDERS[cfg.architecture]({
       op: ctx,
       cfg,
@@ -149,7 +150,13 @@ export class Model {
       contextLength,
     });
     const oom = await device.popErrorScope();
-    if (oom) throw new GpuError(`the GPU ran out of memory loading ${dir}: ${oom.message}`);
+    if (oom) {
+      const kvBytes = 2 * cfg.numLayers * contextLength * cfg.numKvHeads * cfg.headDim * 4;
+      throw new GpuError(
+        `the GPU ran out of memory loading ${dir} (${total} bytes of weights, ${kvBytes} of K/V ` +
+          `for a context of ${contextLength}; try a smaller --context): ${oom.message}`,
+      );
+    }
     return new Model(dir, gpu, cfg, contextLength, ctx, act, kv, net);
   }
 
