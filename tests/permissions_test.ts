@@ -1,6 +1,6 @@
 /**
  * Least privilege: the deno.json tasks grant read, the environment variables skipspec reads by
- * name, and write for tune-skip only; never network, subprocesses, FFI or everything. Each task runs
+ * name, and write for the two commands that write files the user names (tune-skip, bench); never network, subprocesses, FFI or everything. Each task runs
  * here as shipped (`deno task <name>` with small arguments) to show that the narrow grant works,
  * lavapipe included; and the variables the source reads must match the grant exactly.
  */
@@ -34,7 +34,8 @@ Deno.test("the shipped tasks grant no network, subprocess, FFI or blanket access
     assert.doesNotMatch(text, FORBIDDEN, task);
     const flags = flagsOf(task);
     const write = flags.filter((f) => f.startsWith("--allow-write"));
-    assert.deepEqual(write, task === "tune-skip" ? ["--allow-write"] : [], `${task}: write access`);
+    const writes = task === "tune-skip" || task === "bench";
+    assert.deepEqual(write, writes ? ["--allow-write"] : [], `${task}: write access`);
     for (const flag of flags) {
       assert.match(flag, /^--allow-(read|env=[A-Z0-9_,]+|write)$/, `${task}: ${flag}`);
     }
@@ -146,7 +147,9 @@ Deno.test("deno task tune-skip writes its outputs, and only there", async () => 
   await Deno.remove(out, { recursive: true });
 });
 
-Deno.test("deno task bench runs as shipped (one small model, one repeat)", async () => {
+Deno.test("deno task bench runs as shipped and writes its --json report", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "skipspec-bench-task-" });
+  const json = join(dir, "bench.json");
   const r = await task("bench", [
     "--model",
     "fixtures/tiny-draft",
@@ -154,9 +157,15 @@ Deno.test("deno task bench runs as shipped (one small model, one repeat)", async
     "4",
     "--repeats",
     "1",
+    "--prompt-count",
+    "1",
+    "--json",
+    json,
   ]);
   assertWorks(r, "bench");
   assert.match(r.stdout, /tiny-draft/);
+  assert.equal(JSON.parse(await Deno.readTextFile(json)).models.length, 1);
+  await Deno.remove(dir, { recursive: true });
 });
 
 Deno.test("the grant is enforced: without env access the CLI stops with a one-line error", async () => {

@@ -4,15 +4,6 @@ import type { MachineInfo } from "./report.ts";
 
 export function machineInfo(gpu: Gpu): MachineInfo {
   const info = gpu.adapterInfo;
-  const limits: Record<string, number> = {};
-  const deviceLimits = gpu.device.limits as unknown as Record<string, number>;
-  // GPUSupportedLimits keeps its fields as prototype getters: walk the prototype for their names.
-  for (
-    const key of Object.keys(Object.getOwnPropertyDescriptors(Object.getPrototypeOf(deviceLimits)))
-  ) {
-    const value = deviceLimits[key];
-    if (typeof value === "number") limits[key] = value;
-  }
   let lavapipeThreads: string | null = null;
   try {
     lavapipeThreads = Deno.env.get("LP_NUM_THREADS") ?? null;
@@ -33,7 +24,7 @@ export function machineInfo(gpu: Gpu): MachineInfo {
       isFallback: gpu.isFallback,
     },
     features: [...gpu.device.features].sort(),
-    limits,
+    limits: gpu.limits,
     lavapipeThreads,
   };
 }

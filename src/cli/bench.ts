@@ -194,7 +194,7 @@ async function checkWritable(path: string) {
   const status = await Deno.permissions.query({ name: "write", path });
   if (status.state !== "granted") {
     throw new InputError(
-      `cannot write ${path}: run with --allow-write=${path} (the bench task only reads)`,
+      `cannot write ${path}: Deno was not given write access (run with --allow-write=${path})`,
     );
   }
 }

@@ -111,18 +111,9 @@ export async function runInfo(argv: string[]): Promise<number> {
 }
 
 async function describeGpu(): Promise<AdapterReport> {
-  // openGpu() first: it gives the one-line error when there is no adapter, and sets the driver's
-  // environment up as every other command has it. The adapter again for its full limits.
+  // openGpu() gives the one-line error when there is no adapter.
   const gpu = await openGpu();
-  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
-  const source: GPUSupportedLimits = adapter?.limits ?? gpu.device.limits;
-  const limits: Record<string, number> = {};
-  for (const key in source) {
-    const value = (source as unknown as Record<string, unknown>)[key];
-    if (typeof value === "number") limits[key] = value;
-  }
-  limits.maxStorageBufferBindingSize ??= gpu.maxBinding;
-  limits.maxBufferSize ??= gpu.maxBufferSize;
+  const limits = gpu.limits;
   const info = gpu.adapterInfo;
   const id = Number(info.vendor);
   const vendorName = info.vendor !== "" && Number.isInteger(id) ? VENDORS[id] : undefined;

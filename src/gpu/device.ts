@@ -10,6 +10,8 @@ export interface Gpu {
   /** Largest storage-buffer binding: tensors above it are split by rows. */
   maxBinding: number;
   maxBufferSize: number;
+  /** Every limit of the adapter, by WebGPU name. */
+  limits: Record<string, number>;
 }
 
 const NO_ADAPTER = "no WebGPU adapter found: install a GPU driver with Vulkan support, " +
@@ -119,5 +121,16 @@ async function requestGpu(): Promise<Gpu> {
     features: [...adapter.features],
     maxBinding: limits.maxStorageBufferBindingSize,
     maxBufferSize: limits.maxBufferSize,
+    limits: limitsRecord(limits),
   };
+}
+
+/** GPUSupportedLimits (prototype getters) as a plain record. */
+function limitsRecord(limits: GPUSupportedLimits): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const key in limits) {
+    const value = (limits as unknown as Record<string, unknown>)[key];
+    if (typeof value === "number") out[key] = value;
+  }
+  return out;
 }
