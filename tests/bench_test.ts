@@ -154,7 +154,12 @@ Deno.test("bench on a fixture: every mode, a valid report, a plot, a table", asy
   }
   assert.ok(report.memcpy!.gbPerSecond.median > 0);
   assert.ok(model.kernels!.length > 0 && model.kernels!.some((k) => k.kernel.startsWith("matmul")));
-  assert.equal(model.kernels!.reduce((a, k) => a + k.calls, 0), 12 * 6 + 2, "dispatches of a step");
+  assert.equal(
+    model.kernels!.reduce((a, k) => a + k.calls, 0),
+    byMode.decode.dispatchesPerToken,
+    "the table covers every dispatch of a decode step",
+  );
+  assert.equal(byMode.decode.dispatchesPerToken, 12 * 6 + 3, "embed, 6 per layer, head, sample");
   assert.match(report.machine.adapter.description, /\S/);
   assert.match(stdout, /self-speculate/);
   assert.match(stdout, /top kernels/);

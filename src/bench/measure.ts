@@ -5,10 +5,11 @@
  * speed-up is the ratio to plain decode's tokens/s in the same repeat. Also: forward(8)/forward(1)
  * and a per-kernel table of one decode step from timestamp queries.
  */
-import { decode, type GenerationStats } from "../generate/decode.ts";
+import { ABSENT, decode, type GenerationStats } from "../generate/decode.ts";
 import { type DraftSource, speculate, type SpeculationResult } from "../generate/speculate.ts";
 import { forwardMs, timerFor } from "../generate/timing.ts";
-import { GREEDY, Recorder } from "../gpu/ops.ts";
+import { storageBuffer } from "../gpu/buffers.ts";
+import { GREEDY, Recorder, sampleOp } from "../gpu/ops.ts";
 import type { KernelTime } from "../gpu/profile.ts";
 import { type Model, NO_SKIP, type SkipSet } from "../model/model.ts";
 import { skipCount } from "../model/skip.ts";
@@ -281,21 +282,39 @@ async function benchPrefill(t: BenchTarget, o: BenchOptions): Promise<ModeFigure
   };
 }
 
-/** GPU time per kernel variant of a decode step (forward of one token, last logits). */
+/** GPU time per kernel variant of a decode step: forward of one token, last logits, greedy pick. */
 async function kernelTable(model: Model, position: number): Promise<KernelRow[] | null> {
   const timer = timerFor(model);
   if (!timer) return null;
+  const vocab = model.cfg.vocabSize;
+  const presence = storageBuffer(model.device, vocab * 4, "bench presence");
+  model.device.queue.writeBuffer(presence, 0, new Uint32Array(vocab).fill(ABSENT));
+  const outTokens = storageBuffer(model.device, 16, "bench out");
+  const sample = sampleOp(model.ctx, {
+    vocab,
+    logits: model.act.logits,
+    presence,
+    ids: model.act.ids,
+    outTokens,
+    sampling: GREEDY,
+  });
   const steps: KernelTime[][] = [];
   for (let i = 0; i < KERNEL_TABLE_STEPS; i++) {
     model.writeInput([1], Math.min(position, model.contextLength - 1));
-    steps.push(await timer.kernelMs((rec) => model.recordForward(rec, 1, NO_SKIP, "last")));
+    steps.push(
+      await timer.kernelMs((rec) => {
+        model.recordForward(rec, 1, NO_SKIP, "last");
+        sample.record(rec, 1);
+      }),
+    );
   }
-  const total = steps[0].reduce((a, k) => a + k.ms, 0);
+  presence.destroy();
+  outTokens.destroy();
   const rows = steps[0].map((k) => {
     const ms = median(steps.map((s) => s.find((x) => x.kernel === k.kernel)?.ms ?? 0));
     return { kernel: kernelName(k.kernel), calls: k.calls, msPerToken: ms, share: 0 };
   });
-  const sum = rows.reduce((a, r) => a + r.msPerToken, 0) || total || 1;
+  const sum = rows.reduce((a, r) => a + r.msPerToken, 0) || 1;
   for (const row of rows) row.share = row.msPerToken / sum;
   return rows.sort((a, b) => b.msPerToken - a.msPerToken);
 }
