@@ -67,7 +67,8 @@ const show = (v: unknown) => brief(v);
 
 function kind(v: unknown): string {
   if (v === null || v === undefined) return String(v);
-  return Array.isArray(v) ? "an array" : `a ${typeof v}`;
+  if (Array.isArray(v)) return "an array";
+  return typeof v === "object" ? "an object" : `a ${typeof v}`;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -93,7 +94,10 @@ export function parseSafetensorsHeader(
   }
   const dataStart = 8 + Number(length);
   if (dataStart > fileSize) {
-    fail(`header length ${length} bytes runs past the end of the ${fileSize}-byte file`);
+    fail(
+      `header length ${length} bytes runs past the end of the ${fileSize}-byte file ` +
+        `(a truncated download?)`,
+    );
   }
   if (headerBytes.length < dataStart) {
     fail(`only ${headerBytes.length} of the ${dataStart} header bytes were given`);
@@ -160,7 +164,10 @@ export function parseSafetensorsHeader(
       );
     }
     if (end > dataLength) {
-      fail(`${t} data [${begin}, ${end}) lies past the end of the ${dataLength}-byte data section`);
+      fail(
+        `file is shorter than its header says (a truncated download?): ${t} data ` +
+          `[${begin}, ${end}) lies past the end of the ${dataLength}-byte data section`,
+      );
     }
     tensors.set(name, {
       name,

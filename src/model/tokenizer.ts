@@ -74,6 +74,7 @@ export class ModelTokenizer {
       tok.decode(tok.encode(PROBE), { skipSpecialTokens: false });
       return tok;
     } catch (e) {
+      if (e instanceof ModelError) throw e; // from the probe: it names the file already
       throw new ModelError(`${tokenizerPath} cannot be used: ${detail(e)}`);
     }
   }
