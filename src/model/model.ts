@@ -5,6 +5,7 @@
  * adds nothing to the residual stream and (for attention) writes no K/V.
  */
 import { GpuError, InputError, ModelError } from "../errors.ts";
+import { readJson } from "../files.ts";
 import { readF32, storageBuffer } from "../gpu/buffers.ts";
 import { type Gpu, openGpu } from "../gpu/device.ts";
 import { type Op, type OpContext, Recorder, STATE_BYTES } from "../gpu/ops.ts";
@@ -104,7 +105,7 @@ export class Model {
 
   /** Loads a model folder: config.json and safetensors. */
   static async load(dir: string, options: LoadOptions = {}): Promise<Model> {
-    const cfg = resolveConfig(await readJson(`${dir}/config.json`));
+    const cfg = resolveConfig(await readJson(`${dir}/config.json`, ModelError));
     const tensors = await loadSafetensorsIndex(dir);
     return await Model.create({ name: dir, cfg, tensors, read: readTensorPieces }, options);
   }
@@ -240,20 +241,4 @@ function allocateActivations(
     logits: storageBuffer(device, logitRows * cfg.vocabSize * 4, "logits"),
     logitRows,
   };
-}
-
-async function readJson(path: string): Promise<unknown> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new ModelError(`${path} not found`);
-    if (e instanceof Deno.errors.IsADirectory) throw new ModelError(`${path} is a directory`);
-    throw new ModelError(`${path} cannot be read: ${(e as Error).message}`);
-  }
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new ModelError(`${path} is not valid JSON: ${(e as Error).message.split("\n")[0]}`);
-  }
 }
