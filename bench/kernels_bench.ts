@@ -2,7 +2,8 @@
  * Kernel workbench: times each kernel's variants (rows per invocation, workgroup size, head and
  * token blocking) on the fixture shapes (hidden 128, 4 q / 2 kv heads of 32, intermediate 384,
  * vocab 1024, bf16) and on a 1B-like shape (hidden 2048, 32 / 8 heads of 64, intermediate 8192),
- * for forwards of 1 and 8 tokens, so the choices in src/gpu/ops.ts are measured.
+ * for forwards of 1 and 8 tokens (matmul: 1, 2, 4 and 8), so the choices in src/gpu/ops.ts are
+ * measured.
  *
  *   deno bench --allow-read --allow-env bench/       (deno task bench:kernels)
  *
@@ -10,13 +11,16 @@
  * one compute pass, submits it and waits; Deno 2.9 adds a fixed ~10 ms to that wait, so every group
  * has a `readback only` baseline: a variant's cost per dispatch is (its time - baseline) / count. Variant names
  * give the defines (R = rows per invocation, T = tokens per invocation, WG = invocations per
- * workgroup, H = query heads per workgroup); `op` is what the op builder picks.
+ * workgroup, H = query heads per workgroup); `op` is what the op builder picks (matmul: the
+ * variants override part of its choice, src/gpu/ops.ts matmulGeometry).
  */
 import { storageBuffer, uniformBuffer } from "../src/gpu/buffers.ts";
 import { openGpu } from "../src/gpu/device.ts";
 import {
   attentionOp,
   type Epilogue,
+  type MatmulGeometry,
+  matmulGeometry,
   matmulOp,
   type Op,
   type OpContext,
@@ -25,7 +29,7 @@ import {
   STATE_BYTES,
   type WeightMatrix,
 } from "../src/gpu/ops.ts";
-import { type Defines, Pipelines } from "../src/gpu/shader.ts";
+import { Pipelines } from "../src/gpu/shader.ts";
 import { createMatrix, writeMatrixRows } from "../src/model/weights.ts";
 
 /** Dispatches per iteration on the fixture shapes (fewer on the 1B-like ones: `reps`). */
@@ -126,66 +130,22 @@ interface MatmulShape {
   norm: boolean;
 }
 
-/** matmul.wgsl with explicit ROWS / WG (bindings as in matmulOp), one chunk. */
-function matmulVariant(
-  s: MatmulShape,
-  w: WeightMatrix,
-  io: { x: GPUBuffer; y: GPUBuffer; gain: GPUBuffer },
-  v: { rows: number; tokens: number; wg: number },
-  n: number,
-) {
-  const chunk = w.chunks[0];
-  const epilogue: Defines = {
-    "store": { EPILOGUE_STORE: true },
-    "add": { EPILOGUE_ADD: true },
-    "glu-silu": { EPILOGUE_GLU: true, ACT_SILU: true },
-    "glu-gelu": { EPILOGUE_GLU: true, ACT_GELU_TANH: true },
-  }[s.epilogue];
-  const pipeline = ctx.pipelines.get("matmul", {
-    DTYPE_BF16: true,
-    ...epilogue,
-    NORM: s.norm,
-    ROWS: v.rows,
-    TOKENS: v.tokens,
-    WG: v.wg,
-  });
-  const params = uniformBuffer(device, [
-    ["u32", chunk.rows],
-    ["u32", s.cols],
-    ["u32", s.cols],
-    ["u32", s.rows],
-    ["u32", 0],
-    ["u32", 0],
-    ["f32", 1e-5],
-    ["f32", 0],
-  ], "matmul");
-  const buffers = [params, ctx.state, chunk.buffer, io.x, io.y];
-  if (s.norm) buffers.push(io.gain);
-  const group = device.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
-    entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
-  });
-  const groups = Math.ceil(chunk.rows / (v.rows * v.wg));
-  return (rec: Recorder) => rec.dispatch(pipeline, group, groups, 1, Math.ceil(n / v.tokens));
-}
-
 function matmulBenches(
   prefix: string,
   shapes: MatmulShape[],
-  variants: number[][],
+  variants: Partial<MatmulGeometry>[],
   reps = DISPATCHES,
 ) {
   for (const s of shapes) {
-    const w = bf16Matrix(s.rows, s.cols, s.epilogue.startsWith("glu") ? 2 : 1);
+    const glu = s.epilogue.startsWith("glu");
+    const w = bf16Matrix(s.rows, s.cols, glu ? 2 : 1);
     const io = {
       x: f32Buffer(8 * s.cols),
       y: f32Buffer(8 * s.rows),
       gain: f32Buffer(s.cols, 1.5),
     };
-    for (const n of [1, 8]) {
-      const group = `${prefix} matmul ${s.name} ${s.rows}x${s.cols} n=${n} (${reps} dispatches)`;
-      baseline(group);
-      const op = matmulOp(ctx, {
+    const op = (geometry?: Partial<MatmulGeometry>) =>
+      matmulOp(ctx, {
         w,
         x: io.x,
         xStride: s.cols,
@@ -193,11 +153,20 @@ function matmulBenches(
         yStride: s.rows,
         epilogue: s.epilogue,
         norm: s.norm ? { gain: io.gain, eps: 1e-5 } : undefined,
+        geometry,
       });
-      opBench(group, "op", op, 40, n, reps);
-      for (const [rows, wg] of variants) {
-        const v = { rows, tokens: n, wg };
-        bench(group, `R=${rows} T=${n} WG=${wg}`, 40, n, matmulVariant(s, w, io, v, n), reps);
+    for (const n of [1, 2, 4, 8]) {
+      const group = `${prefix} matmul ${s.name} ${s.rows}x${s.cols} n=${n} (${reps} dispatches)`;
+      baseline(group);
+      const chosen = matmulGeometry(s.rows, n);
+      opBench(group, `op (R=${chosen.rows} T=${chosen.tokens} WG=${chosen.wg})`, op(), 40, n, reps);
+      for (const v of variants) {
+        // Token variants only where they differ from the op's choice for this n.
+        if (v.tokens !== undefined && (v.tokens >= n || n === 1)) continue;
+        const name = Object.entries(v).map(([k, x]) =>
+          `${k === "wg" ? "WG" : k[0].toUpperCase()}=${x}`
+        );
+        opBench(group, name.join(" "), op(v), 40, n, reps);
       }
     }
   }
@@ -212,7 +181,15 @@ matmulBenches(
     { name: "down (add)", rows: 128, cols: 384, epilogue: "add", norm: false },
     { name: "lm head (norm)", rows: 1024, cols: 128, epilogue: "store", norm: true },
   ],
-  [[1, 64], [4, 8], [8, 8], [16, 8], [8, 32], [8, 64]],
+  [
+    { rows: 4 },
+    { rows: 8 },
+    { rows: 16 },
+    { rows: 8, wg: 64 },
+    { tokens: 2 },
+    { tokens: 4 },
+    { rows: 8, tokens: 4 },
+  ],
 );
 
 matmulBenches(
@@ -221,7 +198,9 @@ matmulBenches(
     { name: "gate/up (norm, glu)", rows: 8192, cols: 2048, epilogue: "glu-silu", norm: true },
     { name: "down (add)", rows: 2048, cols: 8192, epilogue: "add", norm: false },
   ],
-  [[4, 64], [8, 8], [8, 64], [16, 64]],
+  [{ rows: 4, wg: 64 }, { rows: 8, wg: 8 }, { rows: 8, wg: 64 }, { rows: 16, wg: 64 }, {
+    tokens: 4,
+  }],
   10,
 );
 

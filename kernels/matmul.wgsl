@@ -7,13 +7,32 @@
 // over the 8 SIMD lanes with a bounds check per lane and component (the same cost whether the
 // address is uniform or not), while arithmetic is cheap: a kernel's cost is mostly its count of
 // load instructions, about rows * C / 8 for the weights plus (TOKENS x loads per 8 columns) per
-// invocation. src/gpu/ops.ts (matmulOp) picks ROWS and WG per shape; bench/kernels_bench.ts
-// measures the alternatives.
+// invocation. src/gpu/ops.ts (matmulGeometry) picks ROWS, TOKENS and WG per shape;
+// bench/kernels_bench.ts measures the alternatives.
+//
+// The code is straight-line over rows and tokens. lavapipe does not unroll WGSL loops (naga's loop
+// bounding hides the trip count), and a private array indexed in a loop, such as acc[row][token],
+// lives in memory, read and written lane by lane. So rows come in groups of 4 spelled out under
+// #if (g0 .. g3), a group's 4 weight rows are the rows of two 4x4 matrices, and the tokens are the
+// columns of x blocks and accumulators (Cols: vec4 for 1 token, matTx4 for 2..4; 8 tokens are two
+// quads), so a block's arithmetic is matrix products with no index at all.
+// Measured (GPU timestamps, lavapipe on one thread, bf16, min of runs on 2 shared cores; the
+// loop/array kernel before -> this one, per call):
+//   tiny-llama n = 1: gate/up GLU 384x2 x 128 (norm) 238 -> 97 us, qkv 256 x 128 (norm) 118 -> ~45
+//          us, o/down (add) 88 -> 36 us; decode forward ~6 -> ~3 ms of kernel time.
+//   tiny-llama n = 8: gate/up 739 -> 239 us, qkv 582 -> ~120 us, o/down 603 -> 81 us.
+//   llama-3.2-1b shapes, n = 1: lm head chunk 32064 x 2048 96 -> 90 ms, gate/up 8192x2 x 2048
+//          110 -> 68 ms, o/down 21 -> 13 ms, qkv 13.4 -> 8.8 ms.
+// Tried and not kept: x staged in workgroup memory (its loads cost as much as storage loads);
+// scalar dot-product accumulators instead of matrix products (same speed within noise); 16 rows
+// per invocation (~10% faster on the fixtures' cached weights for n > 1, ~1.5x slower on the 1B
+// shapes streaming from memory) and 32 (spills); tokens in blocks of 4 for n = 5..8 (slower).
 //
 // Variants (defines):
 //   DTYPE_*         weight storage (weight_dtype.wgsl)
-//   ROWS            output rows per invocation (rows r0 .. r0 + ROWS - 1)
-//   TOKENS          tokens per invocation (gid.z selects the block of tokens)
+//   ROWS            output rows per invocation: 4, 8 (flag ROWS_8) or 16 (flag ROWS_16)
+//   TOKENS          tokens per invocation: 1..4 (flag TOKENS_<n>, one quad) or 8 (TOKENS_8, two
+//                   quads); gid.z selects the block of tokens
 //   WG              invocations per workgroup
 //   NORM            x' = rmsnorm(x) * gain, fused: the row pass also sums x^2 (RMSNorm + matmul in
 //                   one dispatch; gain is f32 and already holds Gemma's 1 + w)
@@ -45,6 +64,74 @@ struct Params {
 @group(0) @binding(5) var<storage, read> gain: array<vec4<f32>>; // (C)
 #endif
 
+// Tokens are matrix columns: a Cols holds, for each token of a quad (up to 4 tokens), 4 values:
+// 4 consecutive inputs x[t, 4q .. 4q + 3], or the outputs of a group of 4 rows. TOKENS = 8 is two
+// quads (mat4x4 each; the second quad's code is under #if TOKENS_8).
+#if TOKENS_3
+alias Cols = mat3x4<f32>;
+#elif TOKENS_2
+alias Cols = mat2x4<f32>;
+#elif TOKENS_1
+alias Cols = vec4<f32>;
+#else
+alias Cols = mat4x4<f32>;
+#endif
+
+// x[t, 4q .. 4q + 3] for the tokens t of a quad; x_at: their rows' vec4 offsets.
+fn x_cols(x_at: vec4<u32>, q: u32) -> Cols {
+#if TOKENS_3
+  return Cols(x[x_at.x + q], x[x_at.y + q], x[x_at.z + q]);
+#elif TOKENS_2
+  return Cols(x[x_at.x + q], x[x_at.y + q]);
+#elif TOKENS_1
+  return x[x_at.x + q];
+#else
+  return Cols(x[x_at.x + q], x[x_at.y + q], x[x_at.z + q], x[x_at.w + q]);
+#endif
+}
+
+#if NORM
+// Per token (vector component): the sum of squares of its column.
+fn squares(c: Cols) -> vec4<f32> {
+#if TOKENS_3
+  return vec4<f32>(dot(c[0], c[0]), dot(c[1], c[1]), dot(c[2], c[2]), 0.0);
+#elif TOKENS_2
+  return vec4<f32>(dot(c[0], c[0]), dot(c[1], c[1]), 0.0, 0.0);
+#elif TOKENS_1
+  return vec4<f32>(dot(c, c), 0.0, 0.0, 0.0);
+#else
+  return vec4<f32>(dot(c[0], c[0]), dot(c[1], c[1]), dot(c[2], c[2]), dot(c[3], c[3]));
+#endif
+}
+
+// Every column times g (the RMSNorm gain of these 4 inputs).
+fn scaled(c: Cols, g: vec4<f32>) -> Cols {
+#if TOKENS_3
+  return Cols(c[0] * g, c[1] * g, c[2] * g);
+#elif TOKENS_2
+  return Cols(c[0] * g, c[1] * g);
+#elif TOKENS_1
+  return c * g;
+#else
+  return Cols(c[0] * g, c[1] * g, c[2] * g, c[3] * g);
+#endif
+}
+#endif
+
+// Column t of a quad's accumulator: a group's 4 outputs for token t. Selects, not an index:
+// lavapipe keeps a dynamically indexed matrix in memory.
+fn column(c: Cols, t: u32) -> vec4<f32> {
+#if TOKENS_3
+  return select(select(c[0], c[1], t == 1u), c[2], t == 2u);
+#elif TOKENS_2
+  return select(c[0], c[1], t == 1u);
+#elif TOKENS_1
+  return c;
+#else
+  return select(select(c[0], c[1], t == 1u), select(c[2], c[3], t == 3u), t >= 2u);
+#endif
+}
+
 fn activation(g: f32) -> f32 {
 #if ACT_SILU
   return g / (1.0 + exp(-g));
@@ -59,6 +146,127 @@ fn activation(g: f32) -> f32 {
 // The 8 weights at word offset i (block-aligned).
 fn weight_block(i: u32) -> array<vec4<f32>, 2> {
   return decode_block(array<WeightWord, 2>(w[i], w[i + WORDS_PER_BLOCK - 1u]));
+}
+
+// A block of 8 columns of 4 rows (at: the rows' word offsets) as two 4x4 matrices whose rows are
+// the weight rows, so that W . X is one matrix product for a whole quad of tokens.
+fn weights4(at: vec4<u32>, word: u32) -> array<mat4x4<f32>, 2> {
+  let r0 = weight_block(at.x + word);
+  let r1 = weight_block(at.y + word);
+  let r2 = weight_block(at.z + word);
+  let r3 = weight_block(at.w + word);
+  return array<mat4x4<f32>, 2>(
+    transpose(mat4x4<f32>(r0[0], r1[0], r2[0], r3[0])),
+    transpose(mat4x4<f32>(r0[1], r1[1], r2[1], r3[1])),
+  );
+}
+
+// One block of 8 columns of x' for the invocation's tokens: lo = columns 0..3, hi = 4..7.
+struct XBlock {
+  lo: Cols,
+  hi: Cols,
+#if TOKENS_8
+  lo_b: Cols,  // the second quad
+  hi_b: Cols,
+#endif
+}
+
+// 4 output rows of an invocation: their weight offsets and accumulators (GLU: gate and up).
+struct Group {
+  at: vec4<u32>,
+  acc: Cols,
+#if TOKENS_8
+  acc_b: Cols,
+#endif
+#if EPILOGUE_GLU
+  up_at: vec4<u32>,
+  up: Cols,
+#if TOKENS_8
+  up_b: Cols,
+#endif
+#endif
+}
+
+// The group of rows r .. r + 3 (offsets clamped to valid rows: no branches around the loads).
+fn group(r: u32, row_words: u32) -> Group {
+  var g: Group;
+  g.at = min(vec4<u32>(r) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(params.rows - 1u)) * row_words;
+#if EPILOGUE_GLU
+  g.up_at = g.at + params.rows * row_words;  // the up rows follow the gate rows
+#endif
+  return g;
+}
+
+fn step(g: ptr<function, Group>, word: u32, x: XBlock) {
+  let m = weights4((*g).at, word);
+  (*g).acc += m[0] * x.lo + m[1] * x.hi;
+#if TOKENS_8
+  (*g).acc_b += m[0] * x.lo_b + m[1] * x.hi_b;
+#endif
+#if EPILOGUE_GLU
+  let u = weights4((*g).up_at, word);
+  (*g).up += u[0] * x.lo + u[1] * x.hi;
+#if TOKENS_8
+  (*g).up_b += u[0] * x.lo_b + u[1] * x.hi_b;
+#endif
+#endif
+}
+
+// Writes a quad of a group: rows r .. r + 3 (those < rows), tokens t0 .. t0 + 3 (those < n and
+// < TOKENS); scale: 1 / rms per token.
+fn finish(acc: Cols, up: Cols, r: u32, t0: u32, n: u32, scale: vec4<f32>) {
+  for (var t = 0u; t < min(TOKENS, 4u); t++) {
+    if (t0 + t >= n) {
+      break;
+    }
+    let out_row = (t0 + t) * params.y_stride + params.row_offset;
+    let a4 = column(acc, t) * scale[t];
+#if EPILOGUE_GLU
+    let u4 = column(up, t) * scale[t];
+#endif
+    for (var i = 0u; i < 4u; i++) {
+      if (r + i < params.rows) {
+        let a = a4[i];
+        let o = out_row + r + i;
+#if EPILOGUE_ADD
+        y[o] += a;
+#elif EPILOGUE_GLU
+        y[o] = activation(a) * u4[i];
+#else
+        if (params.softcap > 0.0) {
+          y[o] = tanh(clamp(a / params.softcap, -15.0, 15.0)) * params.softcap;
+        } else {
+          y[o] = a;
+        }
+#endif
+      }
+    }
+  }
+}
+
+struct Scales {
+  a: vec4<f32>,
+  b: vec4<f32>,
+}
+
+fn finish_group(g: Group, r: u32, t0: u32, n: u32, s: Scales) {
+#if EPILOGUE_GLU
+  finish(g.acc, g.up, r, t0, n, s.a);
+#if TOKENS_8
+  finish(g.acc_b, g.up_b, r, t0 + 4u, n, s.b);
+#endif
+#else
+  finish(g.acc, g.acc, r, t0, n, s.a);
+#if TOKENS_8
+  finish(g.acc_b, g.acc_b, r, t0 + 4u, n, s.b);
+#endif
+#endif
+}
+
+// The vec4 offsets of the x rows of tokens t .. t + 3 (clamped to valid tokens).
+fn x_rows(x_first: u32, t: u32, n: u32) -> vec4<u32> {
+  let tokens = min(vec4<u32>(t) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(n - 1u));
+  return ((vec4<u32>(x_first) + tokens) * params.x_stride) / 4u;
 }
 
 @compute @workgroup_size(WG)
@@ -76,80 +284,68 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   }
   let blocks = params.cols / 8u;
   let row_words = blocks * WORDS_PER_BLOCK;
-  // Loads are clamped to valid rows and tokens (no branches around them: a masked load costs
-  // nearly as much as a real one); only the writes check.
-  var w_at: array<u32, ROWS>;
-  for (var i = 0u; i < ROWS; i++) {
-    w_at[i] = min(first_row + i, params.rows - 1u) * row_words;
-  }
-  var x_at: array<u32, TOKENS>;
-  for (var t = 0u; t < TOKENS; t++) {
-    x_at[t] = ((x_first + min(t0 + t, n - 1u)) * params.x_stride) / 4u;
-  }
-  var acc: array<array<f32, TOKENS>, ROWS>;
-#if EPILOGUE_GLU
-  let up_words = params.rows * row_words;  // the up rows follow the gate rows
-  var acc_up: array<array<f32, TOKENS>, ROWS>;
+  let x_at = x_rows(x_first, t0, n);
+#if TOKENS_8
+  let x_at_b = x_rows(x_first, t0 + 4u, n);
 #endif
-#if NORM
-  var ss: array<f32, TOKENS>;
+  // The row groups are spelled out (no loop over them, no array of them): lavapipe keeps
+  // loop-indexed private arrays in memory, read and written lane by lane.
+  var g0 = group(first_row, row_words);
+#if ROWS_8
+  var g1 = group(first_row + 4u, row_words);
 #endif
+#if ROWS_16
+  var g1 = group(first_row + 4u, row_words);
+  var g2 = group(first_row + 8u, row_words);
+  var g3 = group(first_row + 12u, row_words);
+#endif
+  var ss: Scales;  // sums of squares per token (NORM)
   for (var block = 0u; block < blocks; block++) {
-#if NORM
-    let g0 = gain[2u * block];
-    let g1 = gain[2u * block + 1u];
+    var xb: XBlock;
+    xb.lo = x_cols(x_at, 2u * block);
+    xb.hi = x_cols(x_at, 2u * block + 1u);
+#if TOKENS_8
+    xb.lo_b = x_cols(x_at_b, 2u * block);
+    xb.hi_b = x_cols(x_at_b, 2u * block + 1u);
 #endif
-    var xs: array<array<vec4<f32>, 2>, TOKENS>;
-    for (var t = 0u; t < TOKENS; t++) {
-      var x0 = x[x_at[t] + 2u * block];
-      var x1 = x[x_at[t] + 2u * block + 1u];
 #if NORM
-      ss[t] += dot(x0, x0) + dot(x1, x1);
-      x0 *= g0;
-      x1 *= g1;
+    let g_lo = gain[2u * block];
+    let g_hi = gain[2u * block + 1u];
+    ss.a += squares(xb.lo) + squares(xb.hi);
+    xb.lo = scaled(xb.lo, g_lo);
+    xb.hi = scaled(xb.hi, g_hi);
+#if TOKENS_8
+    ss.b += squares(xb.lo_b) + squares(xb.hi_b);
+    xb.lo_b = scaled(xb.lo_b, g_lo);
+    xb.hi_b = scaled(xb.hi_b, g_hi);
 #endif
-      xs[t] = array<vec4<f32>, 2>(x0, x1);
-    }
+#endif
     let word = block * WORDS_PER_BLOCK;
-    for (var i = 0u; i < ROWS; i++) {
-      let wa = weight_block(w_at[i] + word);
-#if EPILOGUE_GLU
-      let wb = weight_block(up_words + w_at[i] + word);
+    step(&g0, word, xb);
+#if ROWS_8
+    step(&g1, word, xb);
 #endif
-      for (var t = 0u; t < TOKENS; t++) {
-        acc[i][t] += dot(wa[0], xs[t][0]) + dot(wa[1], xs[t][1]);
-#if EPILOGUE_GLU
-        acc_up[i][t] += dot(wb[0], xs[t][0]) + dot(wb[1], xs[t][1]);
+#if ROWS_16
+    step(&g1, word, xb);
+    step(&g2, word, xb);
+    step(&g3, word, xb);
 #endif
-      }
-    }
   }
-  for (var t = 0u; t < TOKENS; t++) {
-    if (t0 + t >= n) {
-      break;
-    }
 #if NORM
-    let inv_rms = inverseSqrt(ss[t] / f32(params.cols) + params.eps);
+  let s = Scales(
+    inverseSqrt(ss.a / f32(params.cols) + params.eps),
+    inverseSqrt(ss.b / f32(params.cols) + params.eps),
+  );
 #else
-    let inv_rms = 1.0;
+  let s = Scales(vec4<f32>(1.0), vec4<f32>(1.0));
 #endif
-    let out_row = (t0 + t) * params.y_stride + params.row_offset;
-    for (var i = 0u; i < ROWS; i++) {
-      let r = first_row + i;
-      if (r < params.rows) {
-        let a = acc[i][t] * inv_rms;
-#if EPILOGUE_ADD
-        y[out_row + r] += a;
-#elif EPILOGUE_GLU
-        y[out_row + r] = activation(a) * (acc_up[i][t] * inv_rms);
-#else
-        if (params.softcap > 0.0) {
-          y[out_row + r] = tanh(clamp(a / params.softcap, -15.0, 15.0)) * params.softcap;
-        } else {
-          y[out_row + r] = a;
-        }
+  finish_group(g0, first_row, t0, n, s);
+#if ROWS_8
+  finish_group(g1, first_row + 4u, t0, n, s);
 #endif
-      }
-    }
-  }
+#if ROWS_16
+  finish_group(g1, first_row + 4u, t0, n, s);
+  finish_group(g2, first_row + 8u, t0, n, s);
+  finish_group(g3, first_row + 12u, t0, n, s);
+#endif
 }

@@ -13,6 +13,7 @@ import {
   attentionOp,
   embedOp,
   type Epilogue,
+  type MatmulGeometry,
   matmulOp,
   type Op,
   type OpContext,
@@ -156,6 +157,8 @@ interface MatmulCase {
   xScale?: number;
   /** Tokens the op is recorded for (state.n is n); default n. */
   recordN?: number;
+  /** A variant other than the op's choice (rows / tokens per invocation, workgroup size). */
+  geometry?: Partial<MatmulGeometry>;
 }
 
 async function checkMatmul(c: MatmulCase) {
@@ -202,6 +205,7 @@ async function checkMatmul(c: MatmulCase) {
       norm: c.norm ? { gain: b.upload(gain, "gain"), eps } : undefined,
       softcap: c.softcap,
       lastOnly: c.lastOnly,
+      geometry: c.geometry,
     });
     assert.equal(run(op, 3, n, c.recordN), chunks, `${label}: one dispatch per chunk`);
     const got = await readF32(device, y, y0.length);
@@ -282,6 +286,51 @@ Deno.test("matmul with 8 and 16 rows per invocation and 64-invocation workgroups
   for (const c of cases) await checkMatmul(c);
 });
 
+Deno.test("every matmul variant (4, 8 and 16 rows; 1, 2, 3, 4 and 8 tokens per invocation) matches the CPU reference for 1..9 tokens", async () => {
+  // Tokens 1..4 take the exact quad, 5..9 the 8-token variant (9: a second, partial block); odd
+  // row counts leave partial row groups; epilogues, dtypes and the fused norm rotate.
+  const epilogues: Epilogue[] = ["store", "add", "glu-silu", "glu-gelu"];
+  const cases: MatmulCase[] = [];
+  for (let n = 1; n <= 9; n++) {
+    for (const [i, rows] of [4, 8, 16].entries()) {
+      cases.push({
+        dtype: DTYPES[(n + i) % DTYPES.length],
+        epilogue: epilogues[(n + i) % epilogues.length],
+        rows: [37, 67, 131][(n + 2 * i) % 3],
+        cols: [72, 200, 40][(n + i) % 3],
+        n,
+        norm: (n + i) % 2 === 0,
+        xPad: n % 3 === 0 ? 4 : undefined,
+        geometry: { rows },
+      });
+    }
+  }
+  // Token blocks other than the op's: more columns than tokens, several blocks of 2 and 3.
+  cases.push(
+    { dtype: "BF16", epilogue: "store", rows: 67, cols: 72, n: 3, geometry: { tokens: 8 } },
+    {
+      dtype: "F16",
+      epilogue: "glu-silu",
+      rows: 37,
+      cols: 40,
+      n: 7,
+      norm: true,
+      geometry: { tokens: 2 },
+    },
+    { dtype: "F32", epilogue: "add", rows: 131, cols: 72, n: 8, geometry: { tokens: 3, rows: 4 } },
+    {
+      dtype: "BF16",
+      epilogue: "store",
+      rows: 1031,
+      cols: 16,
+      n: 6,
+      norm: true,
+      geometry: { wg: 64 },
+    },
+  );
+  for (const c of cases) await checkMatmul(c);
+});
+
 Deno.test("matmul recorded for more tokens than state.n computes and writes only state.n tokens", async () => {
   const cases: MatmulCase[] = [
     { dtype: "BF16", epilogue: "store", rows: 131, cols: 72, n: 3, recordN: 8, norm: true },
@@ -350,6 +399,8 @@ interface RopeCase {
   n: number;
   /** Tokens the op is recorded for (state.n is n); default n. */
   recordN?: number;
+  /** A variant other than the op's choice (rows / tokens per invocation, workgroup size). */
+  geometry?: Partial<MatmulGeometry>;
 }
 
 /** Runs rope_kv on random q/k/v; caches and q_out start random and are compared whole. */
@@ -422,6 +473,8 @@ interface AttentionCase {
   n: number;
   /** Tokens the op is recorded for (state.n is n); default n. */
   recordN?: number;
+  /** A variant other than the op's choice (rows / tokens per invocation, workgroup size). */
+  geometry?: Partial<MatmulGeometry>;
 }
 
 /**

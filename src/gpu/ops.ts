@@ -71,23 +71,47 @@ function dtypeDefine(dtype: WeightDType): Defines {
 
 const MAX_GROUPS_X = 65535;
 
-/** Workgroups a dispatch should have at least, so that every lavapipe thread has work. */
-const MIN_GROUPS = 4;
+/** Tokens per invocation matmul.wgsl has variants for: 1..4 (one quad), 8 (two). */
+const MATMUL_TOKENS = [1, 2, 3, 4, 8];
+
+export interface MatmulGeometry {
+  /** Output rows per invocation: 4, 8 or 16. */
+  rows: number;
+  /** Tokens per invocation: 1, 2, 3, 4 or 8. */
+  tokens: number;
+  /** Invocations per workgroup. */
+  wg: number;
+}
 
 /**
  * matmul.wgsl's register blocking for a chunk of `rows` output rows and a forward of `tokens`
  * tokens: rows and tokens per invocation, and invocations per workgroup. More rows per invocation
- * amortise the x loads, more tokens the weight loads (measured best: 8 rows for one token, 16 for
- * 4..8 tokens, 8 invocations per workgroup; bench/kernels_bench.ts); fewer rows when the chunk
- * would otherwise give too few workgroups to keep the CPU threads busy.
+ * amortise the x loads, more tokens the weight loads: up to 4 tokens take the exact variant, more
+ * take blocks of 8 (5..7 in one block, the unused columns computed on a copy of the last token and
+ * not written). 8 rows per invocation (per stream: a GLU reads 8 gate and 8 up rows) were best on
+ * the 1B shapes, whose weights stream from memory; 16 gained at most ~10% on the fixtures' cached
+ * ones, and only for n > 1 (bench/kernels_bench.ts). lavapipe runs on one thread
+ * (src/gpu/device.ts), so a chunk of few rows is one workgroup.
  */
-function matmulGeometry(rows: number, tokens: number) {
-  const tokenBlocks = Math.ceil(tokens / 8);
-  const perBlock = Math.ceil(tokens / tokenBlocks);
-  let rowsPer = perBlock >= 4 ? 16 : 8;
-  while (rowsPer > 4 && Math.ceil(rows / (rowsPer * 8)) * tokenBlocks < MIN_GROUPS) rowsPer /= 2;
-  const wg = Math.ceil(rows / (rowsPer * 8)) >= 64 ? 64 : 8;
-  return { rows: rowsPer, tokens: perBlock, wg };
+export function matmulGeometry(rows: number, tokens: number): MatmulGeometry {
+  const perInvocation = 8;
+  const wg = Math.ceil(rows / (perInvocation * 8)) >= 64 ? 64 : 8;
+  return { rows: perInvocation, tokens: tokens <= 4 ? tokens : 8, wg };
+}
+
+/** matmul.wgsl's defines for a geometry: the numbers, and the flags its `#if`s test. */
+export function matmulDefines(g: MatmulGeometry): Defines {
+  if (![4, 8, 16].includes(g.rows)) throw new RangeError(`matmul: ${g.rows} rows per invocation`);
+  if (!MATMUL_TOKENS.includes(g.tokens)) {
+    throw new RangeError(`matmul: ${g.tokens} tokens per invocation`);
+  }
+  return {
+    ROWS: g.rows,
+    TOKENS: g.tokens,
+    WG: g.wg,
+    [`ROWS_${g.rows}`]: true,
+    [`TOKENS_${g.tokens}`]: true,
+  };
 }
 
 /** h[t] = table[ids[t]] * scale, for t < n. */
@@ -125,6 +149,8 @@ export interface MatmulArgs {
   softcap?: number;
   /** Only the last token's row of x, written to row 0 of y (prefill logits). */
   lastOnly?: boolean;
+  /** Overrides of matmulGeometry's choice (benches and tests of the other variants). */
+  geometry?: Partial<MatmulGeometry>;
 }
 
 /** y = epilogue(W · x'), x' = x or rmsnorm(x) * gain. See kernels/matmul.wgsl. */
@@ -161,13 +187,11 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
     record(rec, n) {
       const tokens = a.lastOnly ? 1 : n;
       for (const part of parts) {
-        const g = matmulGeometry(part.rows, tokens);
-        const [pipeline, group] = part.bound.get({
-          ...base,
-          ROWS: g.rows,
-          TOKENS: g.tokens,
-          WG: g.wg,
-        });
+        const g = {
+          ...matmulGeometry(part.rows, tokens),
+          ...a.geometry,
+        };
+        const [pipeline, group] = part.bound.get({ ...base, ...matmulDefines(g) });
         const groups = Math.ceil(part.rows / (g.rows * g.wg));
         const x = Math.min(groups, MAX_GROUPS_X);
         rec.dispatch(pipeline, group, x, Math.ceil(groups / x), Math.ceil(tokens / g.tokens));
