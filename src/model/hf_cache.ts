@@ -8,6 +8,7 @@
  */
 import { join } from "node:path";
 import { ModelError, UsageError } from "../errors.ts";
+import { brief, readText } from "../files.ts";
 
 /** The environment variables read here, by name (deno.json grants exactly these). */
 export const HF_ENV_VARS = [
@@ -102,19 +103,16 @@ export async function resolveModelDir(
     commit = rev;
   } else {
     const ref = join(repoDir, "refs", ...parts);
-    let text: string;
-    try {
-      text = await Deno.readTextFile(ref);
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.IsADirectory)) throw e;
+    if (await kind(ref) !== "file") {
       throw new ModelError(
         `model "${arg}": revision "${rev}" is not in the cache (no ${ref}, and no snapshot ` +
           `${join(repoDir, "snapshots", rev)})`,
       );
     }
+    const text = await readText(ref, ModelError, { maxBytes: 4096 });
     commit = text.trim();
     if (!COMMIT.test(commit)) {
-      throw new ModelError(`${ref}: does not hold a commit hash (got "${commit.slice(0, 60)}")`);
+      throw new ModelError(`${ref}: does not hold a commit hash (got ${brief(commit)})`);
     }
   }
   const snapshot = join(repoDir, "snapshots", commit);
