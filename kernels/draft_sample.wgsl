@@ -7,7 +7,7 @@
 // verifier's residual max(0, p - q).
 // One workgroup of WG invocations; a no-op unless this round is drafting.
 
-const WG: u32 = 256u;
+const WG: u32 = 8u;  // one SIMD row on lavapipe (logits_processing.wgsl)
 
 #include "state.wgsl"
 #include "speculation.wgsl"
@@ -15,7 +15,11 @@ const WG: u32 = 256u;
 @group(0) @binding(0) var<uniform> params: SpecParams;
 @group(0) @binding(1) var<storage, read_write> spec: Speculation;
 @group(0) @binding(2) var<storage, read_write> state: State;          // the draft's
+#if LOGITS_VEC4
+@group(0) @binding(3) var<storage, read> logits: array<vec4<f32>>;  // (1, V / 4) the draft's last row, in quads
+#else
 @group(0) @binding(3) var<storage, read> logits: array<f32>;          // (1, V) the draft's last row
+#endif
 @group(0) @binding(4) var<storage, read_write> presence: array<u32>;  // (V) first position, or ABSENT
 @group(0) @binding(5) var<storage, read_write> ids: array<u32>;       // the draft's input; ids[0] next
 @group(0) @binding(6) var<storage, read_write> draft_q: array<f32>;   // (draft_max, V) q rows (sampling)

@@ -3,7 +3,7 @@
 // tokens. Then the step advances: the token becomes the next input, pos += n, n = 1.
 // One workgroup of WG invocations.
 
-const WG: u32 = 256u;
+const WG: u32 = 8u;  // one SIMD row on lavapipe (logits_processing.wgsl)
 
 struct Params {
   vocab: u32,               // V
@@ -24,7 +24,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> state: State;
+#if LOGITS_VEC4
+@group(0) @binding(2) var<storage, read> logits: array<vec4<f32>>;  // (rows, V / 4) quads
+#else
 @group(0) @binding(2) var<storage, read> logits: array<f32>;           // (rows, V)
+#endif
 @group(0) @binding(3) var<storage, read_write> presence: array<u32>;   // (V) first position, or ABSENT
 @group(0) @binding(4) var<storage, read_write> ids: array<u32>;        // ids[0]: next input token
 @group(0) @binding(5) var<storage, read_write> out_tokens: array<u32>; // (max_new) chosen tokens

@@ -15,7 +15,7 @@
 // NEGATIVE_CONTROL_RESAMPLE_FROM_P (deliberately wrong: a rejected draft is replaced by a sample of
 // p instead of the residual; only the losslessness test's negative control uses it).
 
-const WG: u32 = 256u;
+const WG: u32 = 8u;  // one SIMD row on lavapipe (logits_processing.wgsl)
 const BETA1: f32 = 0.5;    // acceptance EMA
 const BETA2: f32 = 0.9;    // threshold smoothing
 const EPSILON: f32 = 0.01; // threshold step
@@ -39,7 +39,11 @@ struct RoundLog {
 @group(0) @binding(0) var<uniform> params: SpecParams;
 @group(0) @binding(1) var<storage, read_write> spec: Speculation;
 @group(0) @binding(2) var<storage, read_write> state: State;          // the target's
+#if LOGITS_VEC4
+@group(0) @binding(3) var<storage, read> logits: array<vec4<f32>>;  // (k + 1, V / 4) the target's, in quads
+#else
 @group(0) @binding(3) var<storage, read> logits: array<f32>;          // (k + 1, V) the target's
+#endif
 @group(0) @binding(4) var<storage, read_write> presence: array<u32>;  // (V) first position, or ABSENT
 @group(0) @binding(5) var<storage, read_write> ids: array<u32>;       // the target's input ids
 @group(0) @binding(6) var<storage, read> draft_q: array<f32>;         // (draft_max, V) q rows

@@ -335,30 +335,67 @@ Deno.test("temperature 0 breaks ties toward the lowest id", async () => {
   }
 });
 
-Deno.test("temperature 0 with a repetition penalty picks the argmax of the penalized logits", async () => {
-  const vocab = 1000;
-  const penalty = 1.3;
-  // Positive logits are divided: the raw best (5) falls below the runner-up (4.5).
-  const positive = randomLogits(vocab, 31);
-  positive[100] = 5;
-  positive[700] = 4.5;
-  // Negative logits are multiplied: all below 0, the raw best (-1) falls below -1.2.
-  const negative = randomLogits(vocab, 32).map((l) => -Math.abs(l) - 2);
-  negative[300] = -1;
-  negative[40] = -1.2;
-  for (const [logits, best] of [[positive, 100], [negative, 300]] as const) {
-    const presence = presenceOf(logits, 3, 1);
-    const expected = argmax(applyRepetitionPenalty(logits, presence, penalty));
-    assert.notEqual(expected, best, "the penalty should change the argmax");
-    const { tokens } = await runSampler({
-      logits,
-      vocab,
-      sampling: { ...GREEDY, repetitionPenalty: penalty },
-      count: 1,
-      presence,
-    });
-    assert.equal(tokens[0], expected);
+Deno.test("temperature 0 over quads of logits: ties within, across and past quads, tiny vocabularies, large values", async () => {
+  // The greedy pass reads quads of ids 4q .. 4q + 3 (vec4 loads when V % 4 == 0), lane l taking
+  // quads l, l + 8, ...: ties in one quad, in one column of different quads (same or other lane),
+  // and a last quad only partly inside the vocabulary.
+  for (const vocab of [1, 2, 3, 4, 5, 7, 8, 31, 33, 64, 333, 1024, 1026, 1027]) {
+    const cases: [string, Float32Array, number][] = [];
+    const random = randomLogits(vocab, vocab + 61);
+    cases.push(["random", random, argmax(random)]);
+    cases.push(["all equal", new Float32Array(vocab).fill(0.5), 0]);
+    const tiedSets = [
+      [vocab - 1, vocab - 2], // the last quad, maybe partial
+      [vocab - 1, 1], // first and last quads
+      [33, 1], // column 1 of quads 0 and 8: the same lane
+      [37, 5], // column 1 of quads 1 and 9: lane 1
+      [6, 5, 7], // one quad
+      [36, 3], // quad 9, column 0 and quad 0, column 3
+    ];
+    for (const ids of tiedSets.map((t) => t.filter((id) => id >= 0 && id < vocab))) {
+      if (ids.length === 0) continue;
+      const logits = randomLogits(vocab, vocab + ids[0]);
+      for (const id of ids) logits[id] = 50;
+      cases.push([`tied ${ids}`, logits, Math.min(...ids)]);
+    }
+    // Large magnitudes, no infinities: the largest of ~1e30 values, and all far below zero.
+    const huge = randomLogits(vocab, vocab + 62).map((l) => l * 1e30);
+    cases.push(["1e30", huge, argmax(huge)]);
+    const low = randomLogits(vocab, vocab + 63).map((l) => l * 1e3 - 3e38);
+    cases.push(["-3e38", low, argmax(low)]);
+    for (const [name, logits, expected] of cases) {
+      const { tokens } = await runSampler({ logits, vocab, sampling: GREEDY, count: 1 });
+      assert.equal(tokens[0], expected, `vocab ${vocab}, ${name}`);
+    }
   }
+});
+
+Deno.test("temperature 0 with a repetition penalty picks the argmax of the penalized logits", async () => {
+  const penalty = 1.3;
+  for (const vocab of [1000, 999]) { // whole quads, and a partial last quad
+    // Positive logits are divided: the raw best (5) falls below the runner-up (4.5).
+    const positive = randomLogits(vocab, 31);
+    positive[100] = 5;
+    positive[700] = 4.5;
+    // Negative logits are multiplied: all below 0, the raw best (-1) falls below -1.2.
+    const negative = randomLogits(vocab, 32).map((l) => -Math.abs(l) - 2);
+    negative[300] = -1;
+    negative[40] = -1.2;
+    for (const [logits, best] of [[positive, 100], [negative, 300]] as const) {
+      const presence = presenceOf(logits, 3, 1);
+      const expected = argmax(applyRepetitionPenalty(logits, presence, penalty));
+      assert.notEqual(expected, best, "the penalty should change the argmax");
+      const { tokens } = await runSampler({
+        logits,
+        vocab,
+        sampling: { ...GREEDY, repetitionPenalty: penalty },
+        count: 1,
+        presence,
+      });
+      assert.equal(tokens[0], expected);
+    }
+  }
+  const vocab = 1000;
   // With markPresence, each chosen token is penalized in the following steps.
   const logits = randomLogits(vocab, 33);
   const presence = new Uint32Array(vocab);

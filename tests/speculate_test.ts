@@ -16,6 +16,7 @@ import { readU32, storageBuffer } from "../src/gpu/buffers.ts";
 import { GREEDY, Recorder, type SamplingParams, STATE_BYTES } from "../src/gpu/ops.ts";
 import {
   allocateSpecBuffers,
+  destroySpecBuffers,
   draftSampleOp,
   ROUND_LOG,
   SPEC,
@@ -496,11 +497,74 @@ async function kernelRounds(
     drafted += log[at + ROUND_LOG.drafted];
     accepted += log[at + ROUND_LOG.accepted];
   }
-  for (const buffer of [ctx.state, targetLogits, draftLogits, ids, ...Object.values(b)]) {
-    buffer.destroy();
-  }
+  for (const buffer of [ctx.state, targetLogits, draftLogits, ids]) buffer.destroy();
+  destroySpecBuffers(b);
   return { first, drafted, accepted };
 }
+
+/** One greedy draft step on `logits` (1, vocab): the draft token and the q(d) it records. */
+async function greedyDraftStep(logits: Float32Array, vocab: number) {
+  const target = await model("tiny-draft"); // only for its device and pipelines
+  const { device } = target;
+  const ctx = { ...target.ctx, state: storageBuffer(device, STATE_BYTES, "state") };
+  const b = allocateSpecBuffers(device, {
+    vocab,
+    draftMax: 4,
+    sampling: GREEDY,
+    adaptive: false,
+    targetAcceptance: 0.9,
+    logCapacity: 1,
+    stopTokens: [],
+  });
+  const draftLogits = storageBuffer(device, logits.byteLength, "q");
+  const ids = storageBuffer(device, 4 * 4, "ids");
+  device.queue.writeBuffer(draftLogits, 0, new Float32Array(logits));
+  device.queue.writeBuffer(b.presence, 0, new Uint32Array(vocab).fill(0xffffffff));
+  const spec = new Uint32Array(SPEC.words);
+  spec[SPEC.drafting] = 1;
+  spec[SPEC.budget] = 0xffffffff;
+  spec[SPEC.stepCap] = 4;
+  device.queue.writeBuffer(b.spec, 0, spec);
+  device.queue.writeBuffer(ctx.state, 0, new Uint32Array([0, 1, 0, 0]));
+  const op = draftSampleOp(ctx, b, { state: ctx.state, ids, logits: draftLogits });
+  const encoder = device.createCommandEncoder();
+  const rec = new Recorder(encoder.beginComputePass());
+  op.record(rec, 1);
+  rec.pass.end();
+  device.queue.submit([encoder.finish()]);
+  const out = await readU32(device, b.spec, SPEC.words);
+  for (const buffer of [ctx.state, draftLogits, ids]) buffer.destroy();
+  destroySpecBuffers(b);
+  return {
+    token: out[SPEC.tokens + 1],
+    prob: new Float32Array(out.buffer)[SPEC.draftProb],
+  };
+}
+
+Deno.test("a greedy draft step records the argmax and its softmax probability (CPU reference)", async () => {
+  for (const vocab of [1, 5, 7, 64, 333, 1024, 1027]) {
+    const rows: [string, Float32Array][] = [
+      ["N(0, 1.5²)", randomLogits(vocab, vocab + 3)],
+      ["peaked", randomLogits(vocab, vocab + 4, 8)],
+      ["flat", new Float32Array(vocab).fill(-7)],
+      ["offset 1e4", randomLogits(vocab, vocab + 5).map((l) => l + 1e4)],
+    ];
+    for (const [name, logits] of rows) {
+      const expected = processedDistribution(logits, GREEDY);
+      const best = expected.indexOf(1);
+      let m = -Infinity;
+      for (const l of logits) m = Math.max(m, l);
+      let sum = 0;
+      for (const l of logits) sum += Math.exp(l - m);
+      const { token, prob } = await greedyDraftStep(logits, vocab);
+      assert.equal(token, best, `vocab ${vocab}, ${name}`);
+      assert.ok(
+        Math.abs(prob - 1 / sum) <= 1e-5 / sum,
+        `vocab ${vocab}, ${name}: ${prob} vs ${1 / sum}`,
+      );
+    }
+  }
+});
 
 const LOSSLESS_CASES: { name: string; vocab: number; rounds: number; sampling: SamplingParams }[] =
   [

@@ -4,6 +4,7 @@
  * and round log that the decoding loop reads back.
  */
 import { type Field, storageBuffer, uniformBuffer } from "./buffers.ts";
+import type { Defines } from "./shader.ts";
 import { Bound, type Op, type OpContext, type SamplingParams } from "./ops.ts";
 
 /** Most drafts per round (MAX_DRAFT in speculation.wgsl). */
@@ -81,6 +82,8 @@ export function specParams(device: GPUDevice, s: SpecSettings): GPUBuffer {
 
 /** Buffers of one speculative generation. */
 export interface SpecBuffers {
+  /** V: the logits kernels load quads of logits when V % 4 == 0. */
+  vocab: number;
   params: GPUBuffer;
   /** struct Speculation. */
   spec: GPUBuffer;
@@ -95,6 +98,7 @@ export interface SpecBuffers {
 export function allocateSpecBuffers(device: GPUDevice, s: SpecSettings): SpecBuffers {
   const sampled = s.sampling.temperature > 0;
   return {
+    vocab: s.vocab,
     params: specParams(device, s),
     spec: storageBuffer(device, SPEC.words * 4, "speculation"),
     presence: storageBuffer(device, s.vocab * 4, "presence"),
@@ -104,13 +108,16 @@ export function allocateSpecBuffers(device: GPUDevice, s: SpecSettings): SpecBuf
 }
 
 export function destroySpecBuffers(b: SpecBuffers) {
-  Object.values(b).forEach((buffer) => buffer.destroy());
+  [b.params, b.spec, b.presence, b.draftQ, b.roundLog].forEach((buffer) => buffer.destroy());
 }
+
+/** vec4 loads of the logits where every row starts at a multiple of 4 (logits_processing.wgsl). */
+const logitsDefines = (b: SpecBuffers): Defines => ({ LOGITS_VEC4: b.vocab % 4 === 0 });
 
 const single = (ctx: OpContext, kernel: "draft_sample" | "verify_begin" | "verify") =>
 (
   resources: GPUBuffer[],
-  defines = {},
+  defines: Defines = {},
 ): Op => {
   const [pipeline, group] = new Bound(ctx, kernel, resources).get(defines);
   return { record: (rec) => rec.dispatch(pipeline, group, 1) };
@@ -130,7 +137,7 @@ export function draftSampleOp(
     b.presence,
     draft.ids,
     b.draftQ,
-  ]);
+  ], logitsDefines(b));
 }
 
 /** Makes [x_P, d_1..d_k] at P the target's input (n = 0 after the end of generation). */
@@ -165,6 +172,7 @@ export function verifyOp(
   ];
   if (draft) resources.push(draft.state, draft.ids);
   return single(ctx, "verify")(resources, {
+    ...logitsDefines(b),
     SEPARATE_DRAFT: draft !== undefined,
     NEGATIVE_CONTROL_RESAMPLE_FROM_P: negativeControl,
   });
