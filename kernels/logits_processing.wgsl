@@ -2,8 +2,9 @@
 // draft_sample, verify), so plain decoding, drafting and verification apply exactly the same rules,
 // in the order HF transformers applies them: repetition penalty -> temperature -> top-k -> top-p ->
 // min-p -> sample; temperature 0 is greedy (argmax after the penalty, lowest id on ties).
-// Top-k and top-p thresholds are found exactly by a bitwise search over the order-preserving u32
-// image of the logits (32 counting passes), with no sort; tokens tied at a threshold are all kept.
+// Top-k and top-p thresholds are found exactly by a search over the order-preserving u32 image of
+// the logits, 4 bits per pass (8 passes, each tallying 16 thresholds with vec4 arithmetic), with
+// no sort; tokens tied at a threshold are all kept.
 //
 // The including kernel declares: `const WG: u32` (its workgroup size), `params` with fields vocab,
 // top_k, temperature, top_p, min_p, repetition_penalty and seed, the bindings `logits` (rows, V;
@@ -20,7 +21,8 @@
 //   greedy:   sample 151 -> 13 us, draft_sample (argmax and q(d)) 165 -> 25 us,
 //             verify of 9 rows 1800 -> 120 us;
 //   sampled:  temperature 1: sample 182 -> 31 us, draft_sample 263 -> 41 us, verify 2170 -> 200 us;
-//             with top-k 40, top-p 0.9: sample 2320 -> 424 us, verify 22600 -> 3350 us.
+//             with top-k 40, top-p 0.9: sample 2320 -> 424 us, verify 22600 -> 3350 us with
+//             32 one-bit passes per threshold; 4-bit passes: sample 158 us, verify 1200 us.
 // Most of it is WG 256 -> 8 (the vec4 pass alone, at WG 256, changed little).
 //
 // presence[t] is the first position at which token t occurs in the context (0xffffffff: nowhere),
@@ -244,55 +246,108 @@ fn argmax_probability(row: Row, lid: u32) -> f32 {
   return 1.0 / peak(row, lid, true).sum;
 }
 
-/** What top-k, top-p and min-p keep of a row (temperature > 0). */
+fn order_key4(f: vec4<f32>) -> vec4<u32> {
+  let b = bitcast<vec4<u32>>(f);
+  return select(b | vec4(0x80000000u), ~b, (b & vec4(0x80000000u)) != vec4(0u));
+}
+
+var<workgroup> lane_tallies: array<mat4x4<f32>, WG>;
+var<workgroup> row_tally: mat4x4<f32>;
+
+/** One token's weight w added to the thresholds its key reaches: column c, component j is T_4c+j. */
+fn tally_token(key: u32, w: f32, t0: vec4<u32>, t1: vec4<u32>, t2: vec4<u32>, t3: vec4<u32>)
+    -> mat4x4<f32> {
+  let k = vec4(key);
+  let z = vec4(0.0);
+  return mat4x4(select(z, vec4(w), k >= t0), select(z, vec4(w), k >= t1),
+                select(z, vec4(w), k >= t2), select(z, vec4(w), k >= t3));
+}
+
+/**
+ * For the 16 thresholds T_b = prefix | (b << shift), b = 0..15 (shift a multiple of 4, prefix's
+ * bits below shift + 4 clear): the sum over the row's tokens with order_key >= T_b and >= floor
+ * of 1 (masses false: counts) or exp(l - m) (masses true). Result column c, component j: b = 4c + j.
+ */
+fn tally(row: Row, lid: u32, prefix: u32, shift: u32, floor: u32, m: f32, masses: bool)
+    -> mat4x4<f32> {
+  let t0 = vec4(prefix) | (vec4(0u, 1u, 2u, 3u) << vec4(shift));
+  let t1 = vec4(prefix) | (vec4(4u, 5u, 6u, 7u) << vec4(shift));
+  let t2 = vec4(prefix) | (vec4(8u, 9u, 10u, 11u) << vec4(shift));
+  let t3 = vec4(prefix) | (vec4(12u, 13u, 14u, 15u) << vec4(shift));
+  let quads = (params.vocab + 3u) / 4u;
+  var acc = mat4x4<f32>();
+  for (var q = lid; q < quads; q += WG) {
+    let l = processed4(row, q);
+    let keys = order_key4(l);
+    let valid = vec4(4u * q) + vec4(0u, 1u, 2u, 3u) < vec4(params.vocab);
+    var w = vec4(1.0);
+    if (masses) {
+      w = exp(l - m);
+    }
+    w = select(vec4(0.0), w, valid & (keys >= vec4(floor)));
+    acc += tally_token(keys.x, w.x, t0, t1, t2, t3) + tally_token(keys.y, w.y, t0, t1, t2, t3) +
+           tally_token(keys.z, w.z, t0, t1, t2, t3) + tally_token(keys.w, w.w, t0, t1, t2, t3);
+  }
+  workgroupBarrier();
+  lane_tallies[lid] = acc;
+  workgroupBarrier();
+  if (lid == 0u) {
+    var total = mat4x4<f32>();
+    for (var j = 0u; j < WG; j++) {
+      total += lane_tallies[j];
+    }
+    row_tally = total;
+  }
+  return workgroupUniformLoad(&row_tally);
+}
+
+/**
+ * The largest b in 0..15 whose tally reaches `wanted`, given that tallies do not grow with b
+ * (each T_b's set holds the next one's, and float sums of such terms in one order keep that) and
+ * that T_0 reaches it: the count of tallies that reach it, minus 1.
+ */
+fn last_reaching(t: mat4x4<f32>, wanted: f32) -> u32 {
+  let w = vec4(wanted);
+  let n = select(vec4(0u), vec4(1u), t[0] >= w) + select(vec4(0u), vec4(1u), t[1] >= w) +
+          select(vec4(0u), vec4(1u), t[2] >= w) + select(vec4(0u), vec4(1u), t[3] >= w);
+  return n.x + n.y + n.z + n.w - 1u;
+}
+
+/**
+ * What top-k, top-p and min-p keep of a row (temperature > 0). Each threshold is the largest key
+ * T whose tally reaches the target, found 4 bits at a time (8 passes of 16 thresholds each).
+ */
 fn find_filter(row: Row, lid: u32) -> Filter {
-  let begin = chunk_begin(lid);
-  let end = chunk_end(lid);
   let m = max(peak(row, lid, false).value, -3.4e38);
 
-  // top-k: the largest key T with count(key >= T) >= k.
+  // top-k: the largest key T with count(key >= T) >= k (T = 0 counts all V >= k).
   var k_key = 0u;
   if (params.top_k > 0u && params.top_k < params.vocab) {
-    for (var bit = 31i; bit >= 0i; bit--) {
-      let candidate = k_key | (1u << u32(bit));
-      var count = 0.0;
-      for (var i = begin; i < end; i++) {
-        count += select(0.0, 1.0, order_key(processed(row, i)) >= candidate);
-      }
-      if (reduce_sum(count, lid) >= f32(params.top_k)) {
-        k_key = candidate;
-      }
+    for (var shift = 28i; shift >= 0i; shift -= 4i) {
+      let counts = tally(row, lid, k_key, u32(shift), 0u, m, false);
+      k_key |= last_reaching(counts, f32(params.top_k)) << u32(shift);
     }
   }
 
-  // top-p: among the top-k survivors, the largest key T whose mass(key >= T) reaches p.
+  // top-p: among the top-k survivors, the largest key T whose mass(key >= max(T, k_key)) reaches
+  // p times their mass (T = 0: all of it, the first pass's T_0).
   var p_key = k_key;
   if (params.top_p < 1.0) {
     p_key = 0u;
-    var kept = 0.0;
-    for (var i = begin; i < end; i++) {
-      let l = processed(row, i);
-      kept += select(0.0, exp(l - m), order_key(l) >= k_key);
-    }
-    let wanted_mass = params.top_p * reduce_sum(kept, lid);
-    for (var bit = 31i; bit >= 0i; bit--) {
-      let candidate = p_key | (1u << u32(bit));
-      let threshold = max(candidate, k_key);
-      var mass = 0.0;
-      for (var i = begin; i < end; i++) {
-        let l = processed(row, i);
-        mass += select(0.0, exp(l - m), order_key(l) >= threshold);
+    var wanted_mass = 0.0;
+    for (var shift = 28i; shift >= 0i; shift -= 4i) {
+      let mass = tally(row, lid, p_key, u32(shift), k_key, m, true);
+      if (shift == 28i) {
+        wanted_mass = params.top_p * mass[0].x;
       }
-      if (reduce_sum(mass, lid) >= wanted_mass) {
-        p_key = candidate;
-      }
+      p_key |= last_reaching(mass, wanted_mass) << u32(shift);
     }
     p_key = max(p_key, k_key);
   }
 
   var keep = Filter(m, p_key, 0.0);
   var mass = 0.0;
-  for (var i = begin; i < end; i++) {
+  for (var i = chunk_begin(lid); i < chunk_end(lid); i++) {
     mass += kept_weight(row, keep, i);
   }
   keep.mass = reduce_sum(mass, lid);
