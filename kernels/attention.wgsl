@@ -2,24 +2,40 @@
 // and Gemma-2's tanh soft-cap on the scores. Query at position p = pos + t sees keys k with
 // k <= p and, with a window w, p - k < w.
 //
-// One workgroup per (kv head, block of HEADS query heads of its group, block of TOKENS tokens):
-// every key and value row it loads serves HEADS x TOKENS (head, token) pairs, whose queries and
-// accumulators live in registers. The WG invocations split the keys (key = first + lane + WG j),
-// each keeping an online softmax (running max, sum, weighted values) per pair; one barrier, then
-// the partial results are merged through workgroup memory. On lavapipe a storage load costs about
-// the same whether it serves one pair or many, so this register blocking, not the thread count,
-// sets the speed; see bench/kernels_bench.ts.
+// One workgroup of WG = 8 invocations (one SIMD row) per (kv head, block of HEADS query heads of
+// its group, block of TOKENS tokens): UNITS = HEADS x TOKENS <= 8 (head, token) pairs, so every
+// key and value row it loads serves all of them. The lanes split the keys (key = first + lane +
+// 8 j), each keeping an online softmax (running max, sum, weighted values) per unit; one barrier,
+// then the partial results are merged through workgroup memory.
 //
-// Head rows are held as D/16 4x4 matrices: whole-matrix arithmetic keeps the per-dimension loops
-// 4x shorter, which measured 2-4x faster on lavapipe than vec4 rows (bench/kernels_bench.ts).
+// Why it is written out: on lavapipe (llvmpipe) a kernel costs mostly its storage/workgroup load
+// instructions (each one a loop over the lanes with bounds checks), and a private array indexed in
+// a loop lives in memory, read and written lane by lane (naga's loop bounding keeps LLVM from
+// unrolling). So nothing here is a loop-indexed private array: a head row is a Row struct of
+// D/16 4x4 blocks handled by spelled-out code (`if (DM > m)` on constants folds away), the units
+// are the variables u0 .. u7 (`if (UNITS > i)`), and the merge spells out the 8 lanes' weights as
+// two vec4s. See kernels/matmul.wgsl for the same lesson.
 //
-// Defines: HEAD_DIM (D, a multiple of 16), HEADS (divides the group size n_heads / n_kv),
-// TOKENS, WG (lanes splitting the keys), CHUNKS (output chunks per pair in the merge; divides D/4).
+// Measured (GPU timestamps, lavapipe on one thread, 2 shared cores, min of runs; the previous
+// kernel with loop-indexed arrays qs[pair][m], acc[pair][m], run_max[pair] -> this one, per call):
+//   head_dim 32, 4 q / 2 kv heads (tiny-llama-ls), pos 60: n=1 47 -> 31..40 us, n=2 108 -> 31..61,
+//     n=3 118 -> 38..67, n=5 295 -> 73..126, n=8 548 -> 101..135 us.
+//   head_dim 64, 32 / 8 heads (Llama-3.2-1B), pos 1000: n=1 10.4 -> 2.4..4.8 ms,
+//     n=8 80 -> 16..21 ms.
+//   head_dim 256, 8 / 4 heads (Gemma-2-2B), pos 1000: n=1 17.0 -> 6.2..8.0 ms,
+//     n=8 150 -> 12..24 ms.
+// (ranges: the same code in different runs, the cores being shared.) Tried and not kept: at most 4
+// units per workgroup (n=1, 2 the same; n >= 3 ~1.5x slower: keys reloaded per token block); 16
+// units (u0 .. u15: the pipeline took minutes to compile).
+//
+// Defines: HEAD_DIM (D, a multiple of 16, <= 256), HEADS (divides the group size n_heads / n_kv),
+// TOKENS (HEADS x TOKENS <= 8), CHUNKS (output chunks per unit in the merge; divides D/4).
 
-const DV: u32 = HEAD_DIM / 4u;       // vec4s per head row
-const DM: u32 = HEAD_DIM / 16u;      // 4x4 matrices per head row
-const PAIRS: u32 = HEADS * TOKENS;   // (head, token) pairs per workgroup; pair = h * TOKENS + t
+const DV: u32 = HEAD_DIM / 4u;   // vec4s per head row
+const DM: u32 = HEAD_DIM / 16u;  // 4x4 blocks per head row
 const NO_SCORE: f32 = -3.0e38;
+const WG: u32 = 8u;             // lanes splitting the keys: one SIMD row (the merge spells out 8)
+const UNITS: u32 = HEADS * TOKENS;  // (head, token) pairs per workgroup, at most 8
 
 struct Params {
   n_heads: u32,
@@ -41,10 +57,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>;    // (ctx, n_kv, D)
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>;  // (n, n_heads, D)
 
-// Each lane's partial softmax per pair: [pair][lane] for the max and sum, [pair][lane][D/4].
-var<workgroup> part_max: array<f32, PAIRS * WG>;
-var<workgroup> part_sum: array<f32, PAIRS * WG>;
-var<workgroup> part_acc: array<vec4<f32>, PAIRS * WG * DV>;
+// Each lane's partial softmax per unit: max and sum at [unit][lane] (lane = vec4 lane / 4,
+// component lane % 4), weighted values at [unit][lane][D/4].
+var<workgroup> part_max: array<vec4<f32>, UNITS * WG / 4u>;
+var<workgroup> part_sum: array<vec4<f32>, UNITS * WG / 4u>;
+var<workgroup> part_acc: array<vec4<f32>, UNITS * WG * DV>;
 
 // exp(x) for x <= 0, flushed to 0 below e^-80: denormal results make llvmpipe's arithmetic
 // (no flush-to-zero) orders of magnitude slower, and such weights cannot change a softmax sum >= 1.
@@ -52,13 +69,32 @@ fn exp_weight(x: f32) -> f32 {
   return select(0.0, exp(x), x > -80.0);
 }
 
-// sum of a .* b over a 4x4 block.
-fn block_dot(a: mat4x4<f32>, b: mat4x4<f32>) -> f32 {
-  let p = a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3];
-  return p.x + p.y + p.z + p.w;
+// A head row of D floats as D/16 4x4 blocks: dimensions 16 m .. 16 m + 15 are the 4 columns of
+// b<m>. Spelled out, never indexed: lavapipe keeps a loop-indexed private array in memory, read
+// and written lane by lane. The fields past DM, and every `if (DM > m)` on them, fold away.
+struct Row {
+  b0: mat4x4<f32>,
+  b1: mat4x4<f32>,
+  b2: mat4x4<f32>,
+  b3: mat4x4<f32>,
+  b4: mat4x4<f32>,
+  b5: mat4x4<f32>,
+  b6: mat4x4<f32>,
+  b7: mat4x4<f32>,
+  b8: mat4x4<f32>,
+  b9: mat4x4<f32>,
+  b10: mat4x4<f32>,
+  b11: mat4x4<f32>,
+  b12: mat4x4<f32>,
+  b13: mat4x4<f32>,
+  b14: mat4x4<f32>,
+  b15: mat4x4<f32>,
 }
 
-// Row block m (dimensions 16 m .. 16 m + 15) of a K or V cache row starting at vec4 index `at`.
+fn q_block(at: u32, m: u32) -> mat4x4<f32> {
+  let i = at + 4u * m;
+  return mat4x4<f32>(q[i], q[i + 1u], q[i + 2u], q[i + 3u]);
+}
 fn k_block(at: u32, m: u32) -> mat4x4<f32> {
   let i = at + 4u * m;
   return mat4x4<f32>(k_cache[i], k_cache[i + 1u], k_cache[i + 2u], k_cache[i + 3u]);
@@ -68,12 +104,192 @@ fn v_block(at: u32, m: u32) -> mat4x4<f32> {
   return mat4x4<f32>(v_cache[i], v_cache[i + 1u], v_cache[i + 2u], v_cache[i + 3u]);
 }
 
+// The head row at vec4 offset `at` of q, k_cache or v_cache.
+fn q_row(at: u32) -> Row {
+  var r: Row;
+  r.b0 = q_block(at, 0u);
+  if (DM > 1u) { r.b1 = q_block(at, 1u); }
+  if (DM > 2u) { r.b2 = q_block(at, 2u); }
+  if (DM > 3u) { r.b3 = q_block(at, 3u); }
+  if (DM > 4u) { r.b4 = q_block(at, 4u); }
+  if (DM > 5u) { r.b5 = q_block(at, 5u); }
+  if (DM > 6u) { r.b6 = q_block(at, 6u); }
+  if (DM > 7u) { r.b7 = q_block(at, 7u); }
+  if (DM > 8u) { r.b8 = q_block(at, 8u); }
+  if (DM > 9u) { r.b9 = q_block(at, 9u); }
+  if (DM > 10u) { r.b10 = q_block(at, 10u); }
+  if (DM > 11u) { r.b11 = q_block(at, 11u); }
+  if (DM > 12u) { r.b12 = q_block(at, 12u); }
+  if (DM > 13u) { r.b13 = q_block(at, 13u); }
+  if (DM > 14u) { r.b14 = q_block(at, 14u); }
+  if (DM > 15u) { r.b15 = q_block(at, 15u); }
+  return r;
+}
+fn k_row(at: u32) -> Row {
+  var r: Row;
+  r.b0 = k_block(at, 0u);
+  if (DM > 1u) { r.b1 = k_block(at, 1u); }
+  if (DM > 2u) { r.b2 = k_block(at, 2u); }
+  if (DM > 3u) { r.b3 = k_block(at, 3u); }
+  if (DM > 4u) { r.b4 = k_block(at, 4u); }
+  if (DM > 5u) { r.b5 = k_block(at, 5u); }
+  if (DM > 6u) { r.b6 = k_block(at, 6u); }
+  if (DM > 7u) { r.b7 = k_block(at, 7u); }
+  if (DM > 8u) { r.b8 = k_block(at, 8u); }
+  if (DM > 9u) { r.b9 = k_block(at, 9u); }
+  if (DM > 10u) { r.b10 = k_block(at, 10u); }
+  if (DM > 11u) { r.b11 = k_block(at, 11u); }
+  if (DM > 12u) { r.b12 = k_block(at, 12u); }
+  if (DM > 13u) { r.b13 = k_block(at, 13u); }
+  if (DM > 14u) { r.b14 = k_block(at, 14u); }
+  if (DM > 15u) { r.b15 = k_block(at, 15u); }
+  return r;
+}
+fn v_row(at: u32) -> Row {
+  var r: Row;
+  r.b0 = v_block(at, 0u);
+  if (DM > 1u) { r.b1 = v_block(at, 1u); }
+  if (DM > 2u) { r.b2 = v_block(at, 2u); }
+  if (DM > 3u) { r.b3 = v_block(at, 3u); }
+  if (DM > 4u) { r.b4 = v_block(at, 4u); }
+  if (DM > 5u) { r.b5 = v_block(at, 5u); }
+  if (DM > 6u) { r.b6 = v_block(at, 6u); }
+  if (DM > 7u) { r.b7 = v_block(at, 7u); }
+  if (DM > 8u) { r.b8 = v_block(at, 8u); }
+  if (DM > 9u) { r.b9 = v_block(at, 9u); }
+  if (DM > 10u) { r.b10 = v_block(at, 10u); }
+  if (DM > 11u) { r.b11 = v_block(at, 11u); }
+  if (DM > 12u) { r.b12 = v_block(at, 12u); }
+  if (DM > 13u) { r.b13 = v_block(at, 13u); }
+  if (DM > 14u) { r.b14 = v_block(at, 14u); }
+  if (DM > 15u) { r.b15 = v_block(at, 15u); }
+  return r;
+}
+
+// Column-wise products of two blocks, summed over columns.
+fn block_prod(a: mat4x4<f32>, b: mat4x4<f32>) -> vec4<f32> {
+  return a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3];
+}
+
+fn row_dot(a: Row, b: Row) -> f32 {
+  var p = vec4<f32>(0.0);
+  p += block_prod(a.b0, b.b0);
+  if (DM > 1u) { p += block_prod(a.b1, b.b1); }
+  if (DM > 2u) { p += block_prod(a.b2, b.b2); }
+  if (DM > 3u) { p += block_prod(a.b3, b.b3); }
+  if (DM > 4u) { p += block_prod(a.b4, b.b4); }
+  if (DM > 5u) { p += block_prod(a.b5, b.b5); }
+  if (DM > 6u) { p += block_prod(a.b6, b.b6); }
+  if (DM > 7u) { p += block_prod(a.b7, b.b7); }
+  if (DM > 8u) { p += block_prod(a.b8, b.b8); }
+  if (DM > 9u) { p += block_prod(a.b9, b.b9); }
+  if (DM > 10u) { p += block_prod(a.b10, b.b10); }
+  if (DM > 11u) { p += block_prod(a.b11, b.b11); }
+  if (DM > 12u) { p += block_prod(a.b12, b.b12); }
+  if (DM > 13u) { p += block_prod(a.b13, b.b13); }
+  if (DM > 14u) { p += block_prod(a.b14, b.b14); }
+  if (DM > 15u) { p += block_prod(a.b15, b.b15); }
+  return p.x + p.y + p.z + p.w;
+}
+
+// acc * c + v * w
+fn row_update(acc: Row, c: f32, v: Row, w: f32) -> Row {
+  var r: Row;
+  r.b0 = acc.b0 * c + v.b0 * w;
+  if (DM > 1u) { r.b1 = acc.b1 * c + v.b1 * w; }
+  if (DM > 2u) { r.b2 = acc.b2 * c + v.b2 * w; }
+  if (DM > 3u) { r.b3 = acc.b3 * c + v.b3 * w; }
+  if (DM > 4u) { r.b4 = acc.b4 * c + v.b4 * w; }
+  if (DM > 5u) { r.b5 = acc.b5 * c + v.b5 * w; }
+  if (DM > 6u) { r.b6 = acc.b6 * c + v.b6 * w; }
+  if (DM > 7u) { r.b7 = acc.b7 * c + v.b7 * w; }
+  if (DM > 8u) { r.b8 = acc.b8 * c + v.b8 * w; }
+  if (DM > 9u) { r.b9 = acc.b9 * c + v.b9 * w; }
+  if (DM > 10u) { r.b10 = acc.b10 * c + v.b10 * w; }
+  if (DM > 11u) { r.b11 = acc.b11 * c + v.b11 * w; }
+  if (DM > 12u) { r.b12 = acc.b12 * c + v.b12 * w; }
+  if (DM > 13u) { r.b13 = acc.b13 * c + v.b13 * w; }
+  if (DM > 14u) { r.b14 = acc.b14 * c + v.b14 * w; }
+  if (DM > 15u) { r.b15 = acc.b15 * c + v.b15 * w; }
+  return r;
+}
+
+fn store_block(b: mat4x4<f32>, at: u32) {
+  part_acc[at] = b[0];
+  part_acc[at + 1u] = b[1];
+  part_acc[at + 2u] = b[2];
+  part_acc[at + 3u] = b[3];
+}
+
+// Writes a row to part_acc at vec4 offset `at`.
+fn store_row(r: Row, at: u32) {
+  store_block(r.b0, at + 0u);
+  if (DM > 1u) { store_block(r.b1, at + 4u); }
+  if (DM > 2u) { store_block(r.b2, at + 8u); }
+  if (DM > 3u) { store_block(r.b3, at + 12u); }
+  if (DM > 4u) { store_block(r.b4, at + 16u); }
+  if (DM > 5u) { store_block(r.b5, at + 20u); }
+  if (DM > 6u) { store_block(r.b6, at + 24u); }
+  if (DM > 7u) { store_block(r.b7, at + 28u); }
+  if (DM > 8u) { store_block(r.b8, at + 32u); }
+  if (DM > 9u) { store_block(r.b9, at + 36u); }
+  if (DM > 10u) { store_block(r.b10, at + 40u); }
+  if (DM > 11u) { store_block(r.b11, at + 44u); }
+  if (DM > 12u) { store_block(r.b12, at + 48u); }
+  if (DM > 13u) { store_block(r.b13, at + 52u); }
+  if (DM > 14u) { store_block(r.b14, at + 56u); }
+  if (DM > 15u) { store_block(r.b15, at + 60u); }
+}
+
 // The first key a query at position p sees.
 fn first_key(p: u32) -> u32 {
   if (params.window > 0u && p + 1u > params.window) {
     return p + 1u - params.window;
   }
   return 0u;
+}
+
+// One (query head, token) pair of the workgroup and its online softmax over this lane's keys.
+struct Unit {
+  q: Row,        // the query row
+  acc: Row,      // sum of weight * value row
+  run_max: f32,  // running max of the scaled scores
+  run_sum: f32,  // sum of weights (relative to run_max)
+  p: u32,        // query position
+  first: u32,    // first visible key
+}
+
+// Unit i = h * TOKENS + t: head head0 + h, token t0 + t (clamped to the last token: blocks past n
+// compute a copy and write nothing, so nothing is read past the filled cache).
+fn unit(i: u32, head0: u32, t0: u32, n: u32) -> Unit {
+  let t = min(t0 + i % TOKENS, n - 1u);
+  var u: Unit;
+  u.q = q_row((t * params.n_heads + head0 + i / TOKENS) * DV);
+  u.run_max = NO_SCORE;
+  u.p = state.pos + t;
+  u.first = first_key(u.p);
+  return u;
+}
+
+fn step(u: ptr<function, Unit>, key: u32, k: Row, v: Row) {
+  var s = row_dot((*u).q, k) * params.scale;
+  if (params.softcap > 0.0) {
+    s = tanh(clamp(s / params.softcap, -15.0, 15.0)) * params.softcap;
+  }
+  let visible = key >= (*u).first && key <= (*u).p;
+  let new_max = select((*u).run_max, max((*u).run_max, s), visible);
+  let correction = exp_weight((*u).run_max - new_max);
+  let weight = select(0.0, exp_weight(s - new_max), visible);
+  (*u).run_max = new_max;
+  (*u).run_sum = (*u).run_sum * correction + weight;
+  (*u).acc = row_update((*u).acc, correction, v, weight);
+}
+
+fn store_unit(u: Unit, i: u32, lane: u32) {
+  let slot = i * WG + lane;
+  part_max[slot / 4u][slot % 4u] = u.run_max;
+  part_sum[slot / 4u][slot % 4u] = u.run_sum;
+  store_row(u.acc, slot * DV);
 }
 
 @compute @workgroup_size(WG)
@@ -85,100 +301,71 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let head0 = kv_head * group + (wid.x % head_blocks) * HEADS;
   let t0 = wid.y * TOKENS;
   let n = state.n;
-  // Token rows are clamped to the last token (blocks past n compute a copy and write nothing),
-  // so nothing is read past the filled cache; there is no early return before the barrier.
-  var p: array<u32, TOKENS>;       // query positions
-  var first: array<u32, TOKENS>;   // their first visible keys
-  for (var t = 0u; t < TOKENS; t++) {
-    p[t] = state.pos + min(t0 + t, n - 1u);
-    first[t] = first_key(p[t]);
-  }
-  var qs: array<array<mat4x4<f32>, DM>, PAIRS>;
-  for (var h = 0u; h < HEADS; h++) {
-    for (var t = 0u; t < TOKENS; t++) {
-      let row = ((p[t] - state.pos) * params.n_heads + head0 + h) * DV;
-      for (var m = 0u; m < DM; m++) {
-        let i = row + 4u * m;
-        qs[h * TOKENS + t][m] = mat4x4<f32>(q[i], q[i + 1u], q[i + 2u], q[i + 3u]) * params.scale;
-      }
-    }
-  }
-
-  var run_max: array<f32, PAIRS>;
-  var run_sum: array<f32, PAIRS>;
-  var acc: array<array<mat4x4<f32>, DM>, PAIRS>;
-  for (var i = 0u; i < PAIRS; i++) {
-    run_max[i] = NO_SCORE;
-  }
-  let last = p[TOKENS - 1u];
-  for (var key = first[0] + lane; key <= last; key += WG) {
+  // The units, spelled out (u0 .. u<UNITS - 1>); there is no early return before the barrier.
+  var u0: Unit;
+  var u1: Unit;
+  var u2: Unit;
+  var u3: Unit;
+  var u4: Unit;
+  var u5: Unit;
+  var u6: Unit;
+  var u7: Unit;
+  u0 = unit(0u, head0, t0, n);
+  if (UNITS > 1u) { u1 = unit(1u, head0, t0, n); }
+  if (UNITS > 2u) { u2 = unit(2u, head0, t0, n); }
+  if (UNITS > 3u) { u3 = unit(3u, head0, t0, n); }
+  if (UNITS > 4u) { u4 = unit(4u, head0, t0, n); }
+  if (UNITS > 5u) { u5 = unit(5u, head0, t0, n); }
+  if (UNITS > 6u) { u6 = unit(6u, head0, t0, n); }
+  if (UNITS > 7u) { u7 = unit(7u, head0, t0, n); }
+  // Keys from the first token's first visible key to the last token's position.
+  let first = first_key(state.pos + min(t0, n - 1u));
+  let last = state.pos + min(t0 + TOKENS - 1u, n - 1u);
+  for (var key = first + lane; key <= last; key += WG) {
     let row = (key * params.n_kv + kv_head) * DV;
-    var ks: array<mat4x4<f32>, DM>;
-    var vs: array<mat4x4<f32>, DM>;
-    for (var m = 0u; m < DM; m++) {
-      ks[m] = k_block(row, m);
-      vs[m] = v_block(row, m);
-    }
-    for (var h = 0u; h < HEADS; h++) {
-      for (var t = 0u; t < TOKENS; t++) {
-        let pair = h * TOKENS + t;
-        var s = 0.0;
-        for (var m = 0u; m < DM; m++) {
-          s += block_dot(qs[pair][m], ks[m]);
-        }
-        if (params.softcap > 0.0) {
-          s = tanh(clamp(s / params.softcap, -15.0, 15.0)) * params.softcap;
-        }
-        let visible = key >= first[t] && key <= p[t];
-        let new_max = select(run_max[pair], max(run_max[pair], s), visible);
-        let correction = exp_weight(run_max[pair] - new_max);
-        let weight = select(0.0, exp_weight(s - new_max), visible);
-        run_max[pair] = new_max;
-        run_sum[pair] = run_sum[pair] * correction + weight;
-        for (var m = 0u; m < DM; m++) {
-          acc[pair][m] = acc[pair][m] * correction + vs[m] * weight;
-        }
-      }
-    }
+    let k = k_row(row);
+    let v = v_row(row);
+    step(&u0, key, k, v);
+    if (UNITS > 1u) { step(&u1, key, k, v); }
+    if (UNITS > 2u) { step(&u2, key, k, v); }
+    if (UNITS > 3u) { step(&u3, key, k, v); }
+    if (UNITS > 4u) { step(&u4, key, k, v); }
+    if (UNITS > 5u) { step(&u5, key, k, v); }
+    if (UNITS > 6u) { step(&u6, key, k, v); }
+    if (UNITS > 7u) { step(&u7, key, k, v); }
   }
-
-  for (var pair = 0u; pair < PAIRS; pair++) {
-    let slot = pair * WG + lane;
-    part_max[slot] = run_max[pair];
-    part_sum[slot] = run_sum[pair];
-    for (var m = 0u; m < DM; m++) {
-      for (var c = 0u; c < 4u; c++) {
-        part_acc[slot * DV + 4u * m + c] = acc[pair][m][c];
-      }
-    }
-  }
+  store_unit(u0, 0u, lane);
+  if (UNITS > 1u) { store_unit(u1, 1u, lane); }
+  if (UNITS > 2u) { store_unit(u2, 2u, lane); }
+  if (UNITS > 3u) { store_unit(u3, 3u, lane); }
+  if (UNITS > 4u) { store_unit(u4, 4u, lane); }
+  if (UNITS > 5u) { store_unit(u5, 5u, lane); }
+  if (UNITS > 6u) { store_unit(u6, 6u, lane); }
+  if (UNITS > 7u) { store_unit(u7, 7u, lane); }
   workgroupBarrier();
 
-  // Merge: item = (pair, chunk of D/4 / CHUNKS vec4s), spread over the lanes.
+  // Merge: item = (unit, chunk of D/4 / CHUNKS vec4s), spread over the lanes.
   let per_chunk = DV / CHUNKS;
-  for (var item = lane; item < PAIRS * CHUNKS; item += WG) {
-    let pair = item / CHUNKS;
-    let h = pair / TOKENS;
-    let t = pair % TOKENS;
-    var all_max = NO_SCORE;
-    for (var l = 0u; l < WG; l++) {
-      all_max = max(all_max, part_max[pair * WG + l]);
-    }
-    var weights: array<f32, WG>;
-    var total = 0.0;
-    for (var l = 0u; l < WG; l++) {
-      weights[l] = exp_weight(part_max[pair * WG + l] - all_max);
-      total += weights[l] * part_sum[pair * WG + l];
-    }
-    if (t0 + t < n) {
-      let out_row = ((t0 + t) * params.n_heads + head0 + h) * DV;
-      for (var j = 0u; j < per_chunk; j++) {
-        let i = (item % CHUNKS) * per_chunk + j;
-        var o = vec4<f32>(0.0);
-        for (var l = 0u; l < WG; l++) {
-          o += weights[l] * part_acc[(pair * WG + l) * DV + i];
-        }
-        out[out_row + i] = o / total;
+  for (var item = lane; item < UNITS * CHUNKS; item += WG) {
+    let i = item / CHUNKS;
+    let t = t0 + i % TOKENS;
+    let base = i * (WG / 4u);
+    let m_lo = part_max[base];
+    let m_hi = part_max[base + 1u];
+    let m4 = max(m_lo, m_hi);
+    let all_max = max(max(m4.x, m4.y), max(m4.z, m4.w));
+    let w_lo = select(vec4(0.0), exp(m_lo - all_max), m_lo - all_max > vec4(-80.0));
+    let w_hi = select(vec4(0.0), exp(m_hi - all_max), m_hi - all_max > vec4(-80.0));
+    let total = dot(w_lo, part_sum[base]) + dot(w_hi, part_sum[base + 1u]);
+    if (t < n) {
+      let out_row = (t * params.n_heads + head0 + i / TOKENS) * DV;
+      let at = i * WG * DV;
+      for (var j = (item % CHUNKS) * per_chunk; j < (item % CHUNKS + 1u) * per_chunk; j++) {
+        let o = w_lo.x * part_acc[at + j] + w_lo.y * part_acc[at + DV + j]
+          + w_lo.z * part_acc[at + 2u * DV + j] + w_lo.w * part_acc[at + 3u * DV + j]
+          + w_hi.x * part_acc[at + 4u * DV + j] + w_hi.y * part_acc[at + 5u * DV + j]
+          + w_hi.z * part_acc[at + 6u * DV + j] + w_hi.w * part_acc[at + 7u * DV + j];
+        out[out_row + j] = o / total;
       }
     }
   }

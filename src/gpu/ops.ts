@@ -240,35 +240,25 @@ export function ropeKvOp(
   };
 }
 
-/** Floats of queries (and as many of accumulators) one attention invocation keeps in registers. */
-const ATTENTION_PAIR_FLOATS = 512;
-/** attention.wgsl's lanes per workgroup, splitting the keys. */
-const ATTENTION_LANES = 8;
+/** attention.wgsl's most (query head, token) pairs per workgroup (it spells out u0 .. u7). */
+const ATTENTION_MAX_UNITS = 8;
 
 /**
  * attention.wgsl's blocking for a forward of `tokens` tokens: query heads (of one GQA group) and
- * tokens per workgroup, within a register budget; and the merge's output chunks per pair.
+ * tokens per workgroup, at most ATTENTION_MAX_UNITS pairs; and the merge's output chunks per pair.
  */
 function attentionGeometry(a: AttentionShape, tokens: number) {
   const group = a.nHeads / a.nKv;
-  const maxPairs = Math.max(1, Math.floor(ATTENTION_PAIR_FLOATS / a.headDim));
-  let heads = Math.min(group, maxPairs);
+  let heads = Math.min(group, ATTENTION_MAX_UNITS);
   while (group % heads !== 0) heads--;
-  const perBlock = Math.max(1, Math.min(8, Math.floor(maxPairs / heads)));
+  const perBlock = Math.max(1, Math.floor(ATTENTION_MAX_UNITS / heads));
   const blocks = Math.ceil(tokens / perBlock);
   const tokensPerBlock = Math.ceil(tokens / blocks);
-  const lanes = ATTENTION_LANES;
   const dv = a.headDim / 4;
-  let chunks = Math.max(1, Math.floor(lanes / (heads * tokensPerBlock)));
+  let chunks = Math.max(1, Math.floor(8 / (heads * tokensPerBlock)));
   while (dv % chunks !== 0) chunks--;
   return {
-    defines: {
-      HEAD_DIM: a.headDim,
-      HEADS: heads,
-      TOKENS: tokensPerBlock,
-      WG: lanes,
-      CHUNKS: chunks,
-    },
+    defines: { HEAD_DIM: a.headDim, HEADS: heads, TOKENS: tokensPerBlock, CHUNKS: chunks },
     groups: [a.nKv * (group / heads), blocks] as const,
   };
 }
