@@ -364,6 +364,6 @@ export function sampleOp(
     a.presence,
     a.ids,
     a.outTokens,
-  ]).get({});
+  ]).get({ LOGITS_VEC4: a.vocab % 4 === 0 }); // vec4 loads of the logits (logits_processing.wgsl)
   return { record: (rec) => rec.dispatch(pipeline, group, 1) };
 }
