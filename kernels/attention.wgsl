@@ -91,82 +91,50 @@ struct Row {
   b15: mat4x4<f32>,
 }
 
-fn q_block(at: u32, m: u32) -> mat4x4<f32> {
+// Where a head row is read from: the queries, or the layer's K or V cache.
+const FROM_Q: u32 = 0u;
+const FROM_K: u32 = 1u;
+const FROM_V: u32 = 2u;
+
+// Block m (elements 16m .. 16m + 15) of the head row at vec4 offset `at` of `source`. `source` is
+// a constant at every call, so the switch folds away once the driver inlines the call.
+fn head_block(source: u32, at: u32, m: u32) -> mat4x4<f32> {
   let i = at + 4u * m;
-  return mat4x4<f32>(q[i], q[i + 1u], q[i + 2u], q[i + 3u]);
-}
-fn k_block(at: u32, m: u32) -> mat4x4<f32> {
-  let i = at + 4u * m;
-  return mat4x4<f32>(k_cache[i], k_cache[i + 1u], k_cache[i + 2u], k_cache[i + 3u]);
-}
-fn v_block(at: u32, m: u32) -> mat4x4<f32> {
-  let i = at + 4u * m;
-  return mat4x4<f32>(v_cache[i], v_cache[i + 1u], v_cache[i + 2u], v_cache[i + 3u]);
+  switch source {
+    case FROM_Q: {
+      return mat4x4<f32>(q[i], q[i + 1u], q[i + 2u], q[i + 3u]);
+    }
+    case FROM_K: {
+      return mat4x4<f32>(k_cache[i], k_cache[i + 1u], k_cache[i + 2u], k_cache[i + 3u]);
+    }
+    default: {
+      return mat4x4<f32>(v_cache[i], v_cache[i + 1u], v_cache[i + 2u], v_cache[i + 3u]);
+    }
+  }
 }
 
-// The head row at vec4 offset `at` of q, k_cache or v_cache.
-fn q_row(at: u32) -> Row {
+// The head row at vec4 offset `at` of q, k_cache or v_cache: DM blocks, written out (no loop).
+fn head_row(source: u32, at: u32) -> Row {
   var r: Row;
-  r.b0 = q_block(at, 0u);
-  if (DM > 1u) { r.b1 = q_block(at, 1u); }
-  if (DM > 2u) { r.b2 = q_block(at, 2u); }
-  if (DM > 3u) { r.b3 = q_block(at, 3u); }
-  if (DM > 4u) { r.b4 = q_block(at, 4u); }
-  if (DM > 5u) { r.b5 = q_block(at, 5u); }
-  if (DM > 6u) { r.b6 = q_block(at, 6u); }
-  if (DM > 7u) { r.b7 = q_block(at, 7u); }
-  if (DM > 8u) { r.b8 = q_block(at, 8u); }
-  if (DM > 9u) { r.b9 = q_block(at, 9u); }
-  if (DM > 10u) { r.b10 = q_block(at, 10u); }
-  if (DM > 11u) { r.b11 = q_block(at, 11u); }
-  if (DM > 12u) { r.b12 = q_block(at, 12u); }
-  if (DM > 13u) { r.b13 = q_block(at, 13u); }
-  if (DM > 14u) { r.b14 = q_block(at, 14u); }
-  if (DM > 15u) { r.b15 = q_block(at, 15u); }
-  return r;
-}
-fn k_row(at: u32) -> Row {
-  var r: Row;
-  r.b0 = k_block(at, 0u);
-  if (DM > 1u) { r.b1 = k_block(at, 1u); }
-  if (DM > 2u) { r.b2 = k_block(at, 2u); }
-  if (DM > 3u) { r.b3 = k_block(at, 3u); }
-  if (DM > 4u) { r.b4 = k_block(at, 4u); }
-  if (DM > 5u) { r.b5 = k_block(at, 5u); }
-  if (DM > 6u) { r.b6 = k_block(at, 6u); }
-  if (DM > 7u) { r.b7 = k_block(at, 7u); }
-  if (DM > 8u) { r.b8 = k_block(at, 8u); }
-  if (DM > 9u) { r.b9 = k_block(at, 9u); }
-  if (DM > 10u) { r.b10 = k_block(at, 10u); }
-  if (DM > 11u) { r.b11 = k_block(at, 11u); }
-  if (DM > 12u) { r.b12 = k_block(at, 12u); }
-  if (DM > 13u) { r.b13 = k_block(at, 13u); }
-  if (DM > 14u) { r.b14 = k_block(at, 14u); }
-  if (DM > 15u) { r.b15 = k_block(at, 15u); }
-  return r;
-}
-fn v_row(at: u32) -> Row {
-  var r: Row;
-  r.b0 = v_block(at, 0u);
-  if (DM > 1u) { r.b1 = v_block(at, 1u); }
-  if (DM > 2u) { r.b2 = v_block(at, 2u); }
-  if (DM > 3u) { r.b3 = v_block(at, 3u); }
-  if (DM > 4u) { r.b4 = v_block(at, 4u); }
-  if (DM > 5u) { r.b5 = v_block(at, 5u); }
-  if (DM > 6u) { r.b6 = v_block(at, 6u); }
-  if (DM > 7u) { r.b7 = v_block(at, 7u); }
-  if (DM > 8u) { r.b8 = v_block(at, 8u); }
-  if (DM > 9u) { r.b9 = v_block(at, 9u); }
-  if (DM > 10u) { r.b10 = v_block(at, 10u); }
-  if (DM > 11u) { r.b11 = v_block(at, 11u); }
-  if (DM > 12u) { r.b12 = v_block(at, 12u); }
-  if (DM > 13u) { r.b13 = v_block(at, 13u); }
-  if (DM > 14u) { r.b14 = v_block(at, 14u); }
-  if (DM > 15u) { r.b15 = v_block(at, 15u); }
+  r.b0 = head_block(source, at, 0u);
+  if (DM > 1u) { r.b1 = head_block(source, at, 1u); }
+  if (DM > 2u) { r.b2 = head_block(source, at, 2u); }
+  if (DM > 3u) { r.b3 = head_block(source, at, 3u); }
+  if (DM > 4u) { r.b4 = head_block(source, at, 4u); }
+  if (DM > 5u) { r.b5 = head_block(source, at, 5u); }
+  if (DM > 6u) { r.b6 = head_block(source, at, 6u); }
+  if (DM > 7u) { r.b7 = head_block(source, at, 7u); }
+  if (DM > 8u) { r.b8 = head_block(source, at, 8u); }
+  if (DM > 9u) { r.b9 = head_block(source, at, 9u); }
+  if (DM > 10u) { r.b10 = head_block(source, at, 10u); }
+  if (DM > 11u) { r.b11 = head_block(source, at, 11u); }
+  if (DM > 12u) { r.b12 = head_block(source, at, 12u); }
+  if (DM > 13u) { r.b13 = head_block(source, at, 13u); }
+  if (DM > 14u) { r.b14 = head_block(source, at, 14u); }
+  if (DM > 15u) { r.b15 = head_block(source, at, 15u); }
   return r;
 }
 
-// Column-wise products of two blocks, summed over columns.
 fn block_prod(a: mat4x4<f32>, b: mat4x4<f32>) -> vec4<f32> {
   return a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3];
 }
@@ -264,7 +232,7 @@ struct Unit {
 fn unit(i: u32, head0: u32, t0: u32, n: u32) -> Unit {
   let t = min(t0 + i % TOKENS, n - 1u);
   var u: Unit;
-  u.q = q_row((t * params.n_heads + head0 + i / TOKENS) * DV);
+  u.q = head_row(FROM_Q, (t * params.n_heads + head0 + i / TOKENS) * DV);
   u.run_max = NO_SCORE;
   u.p = state.pos + t;
   u.first = first_key(u.p);
@@ -323,8 +291,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   let last = state.pos + min(t0 + TOKENS - 1u, n - 1u);
   for (var key = first + lane; key <= last; key += WG) {
     let row = (key * params.n_kv + kv_head) * DV;
-    let k = k_row(row);
-    let v = v_row(row);
+    let k = head_row(FROM_K, row);
+    let v = head_row(FROM_V, row);
     step(&u0, key, k, v);
     if (UNITS > 1u) { step(&u1, key, k, v); }
     if (UNITS > 2u) { step(&u2, key, k, v); }
