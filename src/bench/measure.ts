@@ -5,9 +5,9 @@
  * speed-up is the ratio to plain decode's tokens/s in the same repeat. Also: forward(8)/forward(1)
  * and a per-kernel table of one decode step from timestamp queries.
  */
-import { ABSENT, decode, type GenerationStats } from "../generate/decode.ts";
+import { decode, type GenerationStats, initialPresence } from "../generate/decode.ts";
 import { type DraftSource, speculate, type SpeculationResult } from "../generate/speculate.ts";
-import { forwardMs, timerFor } from "../generate/timing.ts";
+import { forwardMs, passMs, timerFor } from "../generate/timing.ts";
 import { storageBuffer } from "../gpu/buffers.ts";
 import { GREEDY, Recorder, sampleOp } from "../gpu/ops.ts";
 import type { KernelTime } from "../gpu/profile.ts";
@@ -19,8 +19,6 @@ import { histogram, median, pairedRatios, summarize } from "./stats.ts";
 export interface BenchTarget {
   model: Model;
   synthetic: boolean;
-  parameters: number;
-  dtype: string;
   /** Token ids of each prompt of the set. */
   prompts: number[][];
   /** For `speculate`: a draft model sharing the target's vocabulary. */
@@ -118,8 +116,8 @@ export async function benchModel(t: BenchTarget, o: BenchOptions): Promise<Model
     synthetic: t.synthetic,
     architecture: cfg.architecture,
     layers: cfg.numLayers,
-    parameters: t.parameters,
-    dtype: t.dtype,
+    parameters: model.parameters,
+    dtype: model.dtype,
     contextLength: model.contextLength,
     promptTokens: t.prompts.reduce((n, p) => n + p.length, 0),
     modes,
@@ -239,23 +237,14 @@ async function benchPrefill(t: BenchTarget, o: BenchOptions): Promise<ModeFigure
   const all = t.prompts.flat();
   const n = Math.min(o.prefillTokens, model.act.maxBatch, model.contextLength - 1);
   const ids = Array.from({ length: n }, (_, i) => all[i % all.length]);
-  const timer = timerFor(model);
   let dispatches = 0;
   const record = (rec: Recorder) => {
     model.recordForward(rec, n, NO_SKIP, "last");
     dispatches = rec.dispatches;
   };
-  const once = async () => {
+  const once = () => {
     model.writeInput(ids, 0);
-    if (timer) return await timer.passMs(record);
-    const encoder = model.device.createCommandEncoder();
-    const rec = new Recorder(encoder.beginComputePass());
-    record(rec);
-    rec.pass.end();
-    const start = performance.now();
-    model.device.queue.submit([encoder.finish()]);
-    await model.device.queue.onSubmittedWorkDone();
-    return performance.now() - start;
+    return passMs(model, record);
   };
   await once();
   const ms = [];
@@ -288,7 +277,7 @@ async function kernelTable(model: Model, position: number): Promise<KernelRow[] 
   if (!timer) return null;
   const vocab = model.cfg.vocabSize;
   const presence = storageBuffer(model.device, vocab * 4, "bench presence");
-  model.device.queue.writeBuffer(presence, 0, new Uint32Array(vocab).fill(ABSENT));
+  model.device.queue.writeBuffer(presence, 0, initialPresence([], vocab));
   const outTokens = storageBuffer(model.device, 16, "bench out");
   const sample = sampleOp(model.ctx, {
     vocab,

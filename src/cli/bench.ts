@@ -30,8 +30,6 @@ import { mulberry32 } from "../tune/bo.ts";
 import { helpText, parseFlags } from "./flags.ts";
 import { OUTPUT_FLAGS, Reporter } from "./session.ts";
 import { resolveModelDir } from "../model/hf_cache.ts";
-import { loadSafetensorsIndex } from "../model/safetensors.ts";
-import { parameterCount } from "../model/weights.ts";
 import { readPrompts } from "./tune_skip.ts";
 
 export const BENCH_SUMMARY =
@@ -217,14 +215,11 @@ async function folderTarget(
   draftDir: string | undefined,
   skipArg: string | undefined,
 ): Promise<BenchTarget> {
-  const tensors = await loadSafetensorsIndex(dir);
   const model = await Model.load(dir);
   const tokenizer = await ModelTokenizer.load(dir);
   const target: BenchTarget = {
     model,
     synthetic: false,
-    parameters: parameterCount(tensors),
-    dtype: tensors.get("model.embed_tokens.weight")?.dtype ?? [...tensors.values()][0].dtype,
     prompts: prompts.map((p) => tokenizer.encode(p)),
   };
   const skipPath = skipArg ?? `${dir}/skip.json`;
@@ -269,8 +264,6 @@ async function syntheticTarget(
   return {
     model,
     synthetic: true,
-    parameters: parameterCount(source.tensors),
-    dtype: "BF16",
     prompts: Array.from(
       { length: promptCount },
       () => Array.from({ length: SYNTHETIC_PROMPT_TOKENS }, () => Math.floor(random() * vocab)),

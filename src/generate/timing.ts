@@ -33,18 +33,30 @@ export async function forwardMs(model: Model, n: number, skip: SkipSet, repeats:
     for (let i = 0; i < repeats; i++) times.push(await timer.passMs(record));
     return Math.max(1e-3, median(times));
   }
-  const timed = async (forwards: number) => {
-    const encoder = model.device.createCommandEncoder();
-    const rec = new Recorder(encoder.beginComputePass());
-    for (let i = 0; i < forwards; i++) record(rec);
-    rec.pass.end();
-    const start = performance.now();
-    model.device.queue.submit([encoder.finish()]);
-    await model.device.queue.onSubmittedWorkDone();
-    return performance.now() - start;
-  };
+  const timed = (forwards: number) => wallClockMs(model, record, forwards);
   await timed(4);
   const times = [];
   for (let i = 0; i < repeats; i++) times.push(((await timed(24)) - (await timed(4))) / 20);
   return Math.max(1e-3, median(times));
+}
+
+/** Wall-clock ms of one submitted pass recording `record` `times` times, until the queue drains. */
+async function wallClockMs(model: Model, record: (rec: Recorder) => void, times = 1) {
+  const encoder = model.device.createCommandEncoder();
+  const rec = new Recorder(encoder.beginComputePass());
+  for (let i = 0; i < times; i++) record(rec);
+  rec.pass.end();
+  const start = performance.now();
+  model.device.queue.submit([encoder.finish()]);
+  await model.device.queue.onSubmittedWorkDone();
+  return performance.now() - start;
+}
+
+/**
+ * Ms of one pass of what `record` records: GPU time where the device has timestamp queries,
+ * else wall-clock (which then includes Deno's ~10 ms wait for the queue).
+ */
+export function passMs(model: Model, record: (rec: Recorder) => void): Promise<number> {
+  const timer = timerFor(model);
+  return timer ? timer.passMs(record) : wallClockMs(model, record);
 }

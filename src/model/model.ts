@@ -16,7 +16,7 @@ import { KvCache } from "./kv_cache.ts";
 import { buildLlama } from "./llama.ts";
 import { cosSinTable, inverseFrequencies } from "./rope.ts";
 import { loadSafetensorsIndex, readTensorPieces } from "./safetensors.ts";
-import { WeightLoader, type WeightSource } from "./weights.ts";
+import { parameterCount, WeightLoader, type WeightSource } from "./weights.ts";
 
 /** Sub-layers to skip, by 0-based layer index. */
 export interface SkipSet {
@@ -94,6 +94,9 @@ export class Model {
     readonly act: Activations,
     readonly kv: KvCache,
     readonly net: Network,
+    /** Parameters of every tensor loaded, and the embedding table's storage dtype. */
+    readonly parameters: number,
+    readonly dtype: string,
   ) {}
 
   get device(): GPUDevice {
@@ -158,7 +161,19 @@ export class Model {
           `for a context of ${contextLength}; try a smaller --context): ${oom.message}`,
       );
     }
-    return new Model(dir, gpu, cfg, contextLength, ctx, act, kv, net);
+    const dtype = tensors.get("model.embed_tokens.weight")!.dtype; // builders load it or fail
+    return new Model(
+      dir,
+      gpu,
+      cfg,
+      contextLength,
+      ctx,
+      act,
+      kv,
+      net,
+      parameterCount(tensors),
+      dtype,
+    );
   }
 
   /** Records a forward over the `n` tokens in `ids` at `state.pos` (both already on the GPU). */
