@@ -9,7 +9,7 @@ import { decode, type GenerationStats, initialPresence } from "../generate/decod
 import { type DraftSource, speculate, type SpeculationResult } from "../generate/speculate.ts";
 import { forwardMs, passMs, timerFor } from "../generate/timing.ts";
 import { storageBuffer } from "../gpu/buffers.ts";
-import { GREEDY, Recorder, sampleOp } from "../gpu/ops.ts";
+import { GREEDY, type Recorder, sampleOp } from "../gpu/ops.ts";
 import type { KernelTime } from "../gpu/profile.ts";
 import { type Model, NO_SKIP, type SkipSet } from "../model/model.ts";
 import { skipCount } from "../model/skip.ts";
