@@ -236,6 +236,7 @@ Deno.test("report validation rejects broken figures", () => {
         acceptanceRate: summary(0.5),
         tokensPerRound: summary(2),
         draftStepsPerRound: summary(1),
+        recordedDraftStepsPerRound: summary(1.5),
         readbacksPerRound: summary(0.2),
         tokensPerRoundHistogram: [{ value: 2, count: 4 }],
         predictedSpeedup: 1,

@@ -10,6 +10,7 @@ import {
   type DraftSource,
   speculate,
   type SpeculateOptions,
+  type SpeculationStats,
   ThresholdController,
 } from "../src/generate/speculate.ts";
 import { readU32, storageBuffer } from "../src/gpu/buffers.ts";
@@ -416,12 +417,28 @@ Deno.test("draft exit: threshold 1 drafts one token per round, threshold 0 draft
     adaptive: false,
     draftThreshold: 0,
     draftMax: 5,
+    stepCap: "draft-max",
   });
   emitted = 0;
   for (const r of all.rounds) {
     assert.equal(r.drafted, Math.min(5, budget - emitted - 1), JSON.stringify(all.rounds));
     emitted += r.emitted;
   }
+});
+
+Deno.test("the step cap records few no-op draft steps, where draft-max every round records many; same tokens", async () => {
+  const target = await model("tiny-llama-ls");
+  const ids = await promptIds("tiny-llama-ls", "ROMEO:\n");
+  const run = (stepCap: "auto" | "draft-max") =>
+    greedySpeculate(target, ids, { kind: "self", skip: SKIP_LS }, { maxNewTokens: 40, stepCap });
+  const auto = await run("auto");
+  const full = await run("draft-max");
+  assert.deepEqual(auto.tokens, full.tokens);
+  const noOps = (st: SpeculationStats) => st.recordedDraftStepsPerRound - st.draftStepsPerRound;
+  assert.equal(full.stats.recordedDraftStepsPerRound, 8);
+  assert.ok(noOps(full.stats) > 5, `draft-max: ${noOps(full.stats)} no-op steps per round`);
+  assert.ok(noOps(auto.stats) < 1, `auto: ${noOps(auto.stats)} no-op steps per round`);
+  assert.ok(auto.stats.dispatchesPerToken < full.stats.dispatchesPerToken);
 });
 
 // --- losslessness of sampled speculation -------------------------------------------------------------

@@ -49,6 +49,7 @@ interface RepeatTotals {
   drafted: number;
   accepted: number;
   draftSteps: number;
+  recordedDraftSteps: number;
   emittedPerRound: number[];
 }
 
@@ -137,6 +138,7 @@ function emptyTotals(): RepeatTotals {
     drafted: 0,
     accepted: 0,
     draftSteps: 0,
+    recordedDraftSteps: 0,
     emittedPerRound: [],
   };
 }
@@ -155,6 +157,7 @@ function addRun(sum: RepeatTotals, result: { stats: GenerationStats } | Speculat
     sum.drafted += spec.drafted;
     sum.accepted += spec.accepted;
     sum.draftSteps += spec.draftStepsPerRound * spec.rounds;
+    sum.recordedDraftSteps += spec.recordedDraftStepsPerRound * spec.rounds;
     sum.emittedPerRound.push(...result.rounds.map((round) => round.emitted));
   }
 }
@@ -195,6 +198,7 @@ function generationFigures(
       : null,
     tokensPerRound: perRound((s) => s.emittedPerRound.reduce((a, b) => a + b, 0)),
     draftStepsPerRound: perRound((s) => s.draftSteps),
+    recordedDraftStepsPerRound: perRound((s) => s.recordedDraftSteps),
     readbacksPerRound: perRound((s) => s.readbacks),
     tokensPerRoundHistogram: speculative ? histogram(runs.flatMap((s) => s.emittedPerRound)) : null,
     predictedSpeedup: null,
@@ -264,6 +268,7 @@ async function benchPrefill(t: BenchTarget, o: BenchOptions): Promise<ModeFigure
     acceptanceRate: null,
     tokensPerRound: null,
     draftStepsPerRound: null,
+    recordedDraftStepsPerRound: null,
     readbacksPerRound: null,
     tokensPerRoundHistogram: null,
     predictedSpeedup: null,

@@ -47,6 +47,8 @@ export interface ModeFigures {
   acceptanceRate: Summary | null;
   tokensPerRound: Summary | null;
   draftStepsPerRound: Summary | null;
+  /** Draft steps recorded per round: the drafted ones and the no-ops after a draft stopped. */
+  recordedDraftStepsPerRound: Summary | null;
   readbacksPerRound: Summary | null;
   /** Tokens emitted per round, over every measured round. */
   tokensPerRoundHistogram: { value: number; count: number }[] | null;
@@ -168,6 +170,7 @@ function validateMode(value: unknown, path: string) {
     "acceptanceRate",
     "tokensPerRound",
     "draftStepsPerRound",
+    "recordedDraftStepsPerRound",
     "readbacksPerRound",
   ];
   for (const k of optional) if (m[k] !== null) summary(m[k], `${path}.${k}`);

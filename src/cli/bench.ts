@@ -298,7 +298,7 @@ export function formatReport(r: BenchReport): string {
         "GB/s",
         "accept",
         "tok/round",
-        "drafts/round",
+        "drafts (recorded)/round",
         "predicted",
         "ideal",
       ],
@@ -352,7 +352,9 @@ function modeRow(f: ModeFigures, memcpyGBps?: number): string[] {
     gb,
     fixed(f.acceptanceRate),
     fixed(f.tokensPerRound),
-    fixed(f.draftStepsPerRound),
+    f.draftStepsPerRound === null
+      ? "-"
+      : `${fixed(f.draftStepsPerRound)} (${fixed(f.recordedDraftStepsPerRound)})`,
     f.predictedSpeedup === null ? "-" : `${f.predictedSpeedup.toFixed(2)}x`,
     f.idealSpeedup === null ? "-" : `${f.idealSpeedup.toFixed(2)}x`,
   ];

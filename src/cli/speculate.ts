@@ -250,7 +250,8 @@ export function formatSpeculationStats(st: SpeculationStats, c: Colors = colors(
     `${c.label("drafted")} ${st.drafted}, ${c.label("accepted")} ${st.accepted} ` +
     `(${(100 * st.acceptanceRate).toFixed(1)}%)`,
     `${st.tokensPerRound.toFixed(2)} ${c.label("tokens/round")}`,
-    `${st.draftStepsPerRound.toFixed(2)} ${c.label("draft steps/round")}`,
+    `${st.draftStepsPerRound.toFixed(2)} ${c.label("draft steps/round")} ` +
+    `(${st.recordedDraftStepsPerRound.toFixed(2)} ${c.label("recorded")})`,
     `${c.label("final gamma")} ${st.finalGamma.toFixed(3)}`,
   ].join(" | ");
 }

@@ -29,6 +29,7 @@ import {
 } from "../gpu/speculation_ops.ts";
 import { type Model, NO_SKIP, type SkipSet } from "../model/model.ts";
 import { type GenerationStats, initialPresence, prefill } from "./decode.ts";
+import { type CappedRound, chooseStepCap } from "./step_cap.ts";
 
 /** Where drafts come from: the target with a skip set, or a separate model. */
 export type DraftSource =
@@ -49,6 +50,11 @@ export interface SpeculateOptions {
   adaptive?: boolean;
   /** The controller's target acceptance rate alpha. */
   targetAcceptance?: number;
+  /**
+   * Draft steps recorded per round: "auto" (default) picks the cap with the most expected tokens
+   * per dispatch from the rounds so far (step_cap.ts); "draft-max" records draft-max every round.
+   */
+  stepCap?: "auto" | "draft-max";
   /** Most rounds per command buffer (and readback). */
   roundsPerReadback?: number;
   onTokens?: (ids: number[]) => void;
@@ -75,6 +81,8 @@ export interface SpeculationStats extends GenerationStats {
   /** Tokens emitted per target forward. */
   tokensPerRound: number;
   draftStepsPerRound: number;
+  /** Draft steps recorded per round (the cap): the drafted ones and the no-ops after a stop. */
+  recordedDraftStepsPerRound: number;
   finalGamma: number;
   draftMax: number;
 }
@@ -218,20 +226,35 @@ export async function speculate(
   // Rounds.
   let dispatches = 0;
   let readbacks = 0;
-  // Draft steps recorded per round: a stopped draft's remaining steps still cost their dispatch
-  // overhead, so record as many as the last command buffer's longest draft; when a round drafted
-  // up to that cap (it may have wanted more), the next command buffer records one more, up to
-  // draft-max. The GPU stops drafting at the cap.
-  let stepCap = draftMax;
-  const recordRound = (rec: Recorder) => {
-    for (let i = 0; i < stepCap; i++) {
-      // A separate draft's first step may take two tokens ([d_k, bonus] after a full acceptance).
-      draftModel.recordForward(rec, separate && i === 0 ? 2 : 1, draftSkip, "last");
-      draftSample.record(rec, 1);
-    }
+  const recordDraftStep = (rec: Recorder, step: number) => {
+    // A separate draft's first step may take two tokens ([d_k, bonus] after a full acceptance).
+    draftModel.recordForward(rec, separate && step === 0 ? 2 : 1, draftSkip, "last");
+    draftSample.record(rec, 1);
+  };
+  const recordVerify = (rec: Recorder, cap: number) => {
     verifyBegin.record(rec, 1);
-    target.recordForward(rec, stepCap + 1, NO_SKIP, "all");
+    target.recordForward(rec, cap + 1, NO_SKIP, "all");
     verify.record(rec, 1);
+  };
+  const dispatchesOf = (record: (rec: Recorder) => void) => {
+    const rec = Recorder.counting();
+    record(rec);
+    return rec.dispatches;
+  };
+  // Draft steps recorded per round (the cap; the GPU stops drafting there): a stopped draft's
+  // remaining steps still cost their dispatches, so each command buffer records the cap with the
+  // most expected tokens per dispatch given the rounds so far (step_cap.ts).
+  const draftStepDispatches = dispatchesOf((rec) => recordDraftStep(rec, 1));
+  const verifyDispatches = dispatchesOf((rec) => recordVerify(rec, draftMax));
+  const capped: CappedRound[] = [];
+  const nextCap = () =>
+    opts.stepCap === "draft-max"
+      ? draftMax
+      : chooseStepCap(capped, draftMax, draftStepDispatches, verifyDispatches);
+  let stepCap = nextCap();
+  const recordRound = (rec: Recorder) => {
+    for (let i = 0; i < stepCap; i++) recordDraftStep(rec, i);
+    recordVerify(rec, stepCap);
   };
   // One command buffer of rounds, its round-log slots read back at its end. Deno's mapAsync
   // waits for the whole queue to drain and then sleeps ~10 ms, so a second command buffer in
@@ -264,21 +287,21 @@ export async function speculate(
     const first = rounds.length;
     const log = await submit(batch);
     const f32 = new Float32Array(log.buffer);
-    let longest = 0;
     for (let r = 0; r < batch && !finished; r++) {
       const at = r * ROUND_LOG.words;
       if (log[at + ROUND_LOG.round] !== first + r) {
         throw new Error(`round ${first + r} did not run though generation had not ended`);
       }
-      const count = log[at + ROUND_LOG.count];
-      const fresh = [...log.subarray(at + ROUND_LOG.tokens, at + ROUND_LOG.tokens + count)];
-      rounds.push({
+      const emitted = log[at + ROUND_LOG.count];
+      const fresh = [...log.subarray(at + ROUND_LOG.tokens, at + ROUND_LOG.tokens + emitted)];
+      const round = {
         drafted: log[at + ROUND_LOG.drafted],
         accepted: log[at + ROUND_LOG.accepted],
-        emitted: count,
+        emitted,
         gamma: f32[at + ROUND_LOG.gamma],
-      });
-      longest = Math.max(longest, log[at + ROUND_LOG.drafted]);
+      };
+      rounds.push(round);
+      capped.push({ cap: stepCap, drafted: round.drafted, accepted: round.accepted });
       tokens.push(...fresh);
       opts.onTokens?.(fresh);
       if (log[at + ROUND_LOG.done]) {
@@ -286,7 +309,7 @@ export async function speculate(
         if (stop.has(tokens[tokens.length - 1])) stopReason = "stop-token";
       }
     }
-    stepCap = longest >= stepCap ? Math.min(draftMax, stepCap + 1) : Math.max(1, longest);
+    stepCap = nextCap();
     if (!finished && opts.shouldStop?.()) {
       stopReason = "interrupted";
       finished = true;
@@ -319,6 +342,7 @@ export async function speculate(
       acceptanceRate: drafted > 0 ? accepted / drafted : 0,
       tokensPerRound: tokens.length / rounds.length,
       draftStepsPerRound: drafted / rounds.length,
+      recordedDraftStepsPerRound: capped.reduce((s, r) => s + r.cap, 0) / rounds.length,
       finalGamma: rounds.length ? rounds[rounds.length - 1].gamma : gamma0,
       draftMax,
     },

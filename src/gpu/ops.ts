@@ -34,6 +34,12 @@ export interface OpContext {
 export class Recorder {
   dispatches = 0;
   constructor(readonly pass: GPUComputePassEncoder) {}
+  /** A recorder that only counts what would be dispatched (nothing reaches the GPU). */
+  static counting(): Recorder {
+    const nothing = () => {};
+    const pass = { setPipeline: nothing, setBindGroup: nothing, dispatchWorkgroups: nothing };
+    return new Recorder(pass as unknown as GPUComputePassEncoder);
+  }
   dispatch(pipeline: GPUComputePipeline, bindGroup: GPUBindGroup, x: number, y = 1, z = 1) {
     this.pass.setPipeline(pipeline);
     this.pass.setBindGroup(0, bindGroup);
