@@ -25,7 +25,6 @@ import {
   type Op,
   type OpContext,
   Recorder,
-  ropeKvOp,
   STATE_BYTES,
   type WeightMatrix,
 } from "../src/gpu/ops.ts";
@@ -204,7 +203,65 @@ matmulBenches(
   10,
 );
 
-// --- attention and rope_kv -------------------------------------------------------------------
+// --- q/k/v projection: plain store against the fused RoPE + K/V append ---------------------------
+
+/**
+ * The q/k/v projection of one layer (bf16, fused RMSNorm) with the rope-kv epilogue against the
+ * same projection that only stores q/k/v: what rotating and appending to the caches in the
+ * epilogue costs, where before it took a dispatch of its own.
+ */
+function qkvRopeBenches(
+  s: { name: string; nHeads: number; nKv: number; headDim: number; hidden: number; ctxLen: number },
+  reps = DISPATCHES,
+) {
+  const d = s.headDim;
+  const rows = (s.nHeads + 2 * s.nKv) * d;
+  const w = bf16Matrix(rows, s.hidden);
+  const x = f32Buffer(8 * s.hidden);
+  const norm = { gain: f32Buffer(s.hidden, 1.5), eps: 1e-5 };
+  const rope = {
+    nHeads: s.nHeads,
+    nKv: s.nKv,
+    headDim: d,
+    ctxLen: s.ctxLen,
+    cosSin: f32Buffer(s.ctxLen * d),
+    k: f32Buffer(s.ctxLen * s.nKv * d),
+    v: f32Buffer(s.ctxLen * s.nKv * d),
+  };
+  const store = matmulOp(ctx, {
+    w,
+    x,
+    xStride: s.hidden,
+    y: f32Buffer(8 * rows),
+    yStride: rows,
+    epilogue: "store",
+    norm,
+  });
+  const fused = matmulOp(ctx, {
+    w,
+    x,
+    xStride: s.hidden,
+    y: f32Buffer(8 * s.nHeads * d),
+    yStride: s.nHeads * d,
+    epilogue: "rope-kv",
+    norm,
+    rope,
+  });
+  for (const n of [1, 8]) {
+    const group = `${s.name} qkv ${rows}x${s.hidden} n=${n} (${reps} dispatches)`;
+    baseline(group);
+    opBench(group, "store q/k/v", store, 40, n, reps);
+    opBench(group, "rope-kv (RoPE + K/V append fused)", fused, 40, n, reps);
+  }
+}
+
+qkvRopeBenches({ name: "fixture", nHeads: 4, nKv: 2, headDim: 32, hidden: 128, ctxLen: 512 });
+qkvRopeBenches(
+  { name: "1B-like", nHeads: 32, nKv: 8, headDim: 64, hidden: 2048, ctxLen: 2048 },
+  10,
+);
+
+// --- attention -----------------------------------------------------------------------------
 
 interface AttentionBenchShape {
   name: string;
@@ -257,15 +314,12 @@ function attentionBenches(
 ) {
   const d = s.headDim;
   const io = {
-    qkv: f32Buffer(8 * (s.nHeads + 2 * s.nKv) * d),
-    cosSin: f32Buffer(s.ctxLen * d),
     q: f32Buffer(8 * s.nHeads * d),
     k: f32Buffer(s.ctxLen * s.nKv * d),
     v: f32Buffer(s.ctxLen * s.nKv * d),
     out: f32Buffer(8 * s.nHeads * d),
   };
   const shape = { nHeads: s.nHeads, nKv: s.nKv, headDim: d };
-  const rope = ropeKvOp(ctx, { ...shape, ctxLen: s.ctxLen, ...io });
   const attention = attentionOp(ctx, {
     ...shape,
     window: 0,
@@ -274,9 +328,6 @@ function attentionBenches(
     ...io,
   });
   for (const n of [1, 8]) {
-    const ropeGroup = `${s.name} rope_kv n=${n} (${reps} dispatches)`;
-    baseline(ropeGroup);
-    opBench(ropeGroup, "op", rope, positions[0], n, reps);
     for (const pos of positions) {
       const group = `${s.name} attention pos=${pos} n=${n} (${reps} dispatches)`;
       baseline(group);

@@ -41,6 +41,14 @@
 //   EPILOGUE_ADD    y += acc (residual add fused into the output projection)
 //   EPILOGUE_GLU    the chunk stacks [gate rows; up rows]; y = act(gate . x') * (up . x')
 //                   with ACT_SILU (SwiGLU) or ACT_GELU_TANH (GeGLU)
+//   EPILOGUE_ROPE   the q/k/v projection with RoPE and the K/V append fused (ROWS_8 only): W
+//                   stacks the q, k and v heads' rows; y is q (n, n_heads, D). In the q and k
+//                   heads an invocation's two groups are dimensions 4b .. 4b + 3 of a head and
+//                   their rotation partners D/2 + 4b .., so it rotates what it computed (HF's
+//                   rotate_half, angle (pos + t) * inv_freq[i] from the cos/sin table) and writes
+//                   q to y, k to k_cache[pos + t]; v rows go to v_cache[pos + t] as computed.
+//                   Tokens at or past the cache capacity are not written. A weight chunk starts
+//                   at a head boundary (src/model/weights.ts planChunks' alignment).
 #include "weight_dtype.wgsl"
 
 struct Params {
@@ -52,6 +60,10 @@ struct Params {
   last_only: u32,   // 1: read only the last token's row of x, write row 0 of y
   eps: f32,         // RMSNorm epsilon (NORM)
   softcap: f32,     // > 0: y = tanh(y / softcap) * softcap (EPILOGUE_STORE)
+  n_heads: u32,     // EPILOGUE_ROPE: query heads, K/V heads, head_dim D (a multiple of 8) and
+  n_kv: u32,        //   the cache capacity in positions
+  head_dim: u32,
+  ctx: u32,
 }
 
 #include "state.wgsl"
@@ -63,6 +75,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;    // (n, y_stride); EPILOGUE_ADD adds
 #if NORM
 @group(0) @binding(5) var<storage, read> gain: array<vec4<f32>>; // (C)
+#endif
+#if EPILOGUE_ROPE
+@group(0) @binding(6) var<storage, read> cos_sin: array<vec4<f32>>;       // (ctx, D/2) (cos, sin) pairs
+@group(0) @binding(7) var<storage, read_write> k_cache: array<vec4<f32>>; // (ctx, n_kv, D)
+@group(0) @binding(8) var<storage, read_write> v_cache: array<vec4<f32>>; // (ctx, n_kv, D)
 #endif
 
 // Tokens are matrix columns: a Cols holds, for each token of a quad (up to 4 tokens), 4 values:
@@ -245,6 +262,64 @@ fn finish(acc: Cols, up: Cols, r: u32, t0: u32, n: u32, scale: vec4<f32>) {
   }
 }
 
+#if EPILOGUE_ROPE
+// The first rows of an invocation's two groups, which start at `first` (a multiple of 8, chunk
+// rows): in a q or k head, dimensions 4b .. 4b + 3 and D/2 + 4b .. (b = the invocation's place in
+// the head); in the v heads, 8 consecutive rows.
+fn rope_rows(first: u32) -> vec2<u32> {
+  let d = params.head_dim;
+  let within = (params.row_offset + first) % d;  // chunks start at head boundaries
+  if (params.row_offset + first >= (params.n_heads + params.n_kv) * d) {
+    return vec2<u32>(first, first + 4u);
+  }
+  let r = first - within + within / 2u;
+  return vec2<u32>(r, r + d / 2u);
+}
+
+// Writes a quad of tokens t0 .. t0 + 3 (those < n and < TOKENS) of the invocation's groups: lo
+// holds rows `rows.x` .., hi rows `rows.y` .. (see rope_rows); scale: 1 / rms per token.
+fn finish_rope(lo: Cols, hi: Cols, rows: vec2<u32>, t0: u32, n: u32, scale: vec4<f32>) {
+  let d = params.head_dim;
+  let dv = d / 4u;                                 // vec4s per head row
+  let first = params.row_offset + rows.x;          // global row of lo's first row
+  let head = first / d;                            // q heads, then k heads, then v heads
+  let i = (first % d) / 4u;                        // lo's vec4 within the head row
+  for (var t = 0u; t < min(TOKENS, 4u); t++) {
+    let pos = state.pos + t0 + t;
+    if (t0 + t >= n || pos >= params.ctx) {
+      break;
+    }
+    let a = column(lo, t) * scale[t];
+    let b = column(hi, t) * scale[t];
+    if (head >= params.n_heads + params.n_kv) {    // v: rows.x .. rows.x + 7 as computed
+      let at = (pos * params.n_kv + head - params.n_heads - params.n_kv) * dv + i;
+      v_cache[at] = a;
+      v_cache[at + 1u] = b;
+      continue;
+    }
+    // (cos, sin) of the 4 rotation pairs (i .. i + 3 of the first half) at this position.
+    let c0 = cos_sin[pos * dv + 2u * i];
+    let c1 = cos_sin[pos * dv + 2u * i + 1u];
+    let c = vec4<f32>(c0.x, c0.z, c1.x, c1.z);
+    let s = vec4<f32>(c0.y, c0.w, c1.y, c1.w);
+    let ra = a * c - b * s;
+    let rb = b * c + a * s;
+    let half = dv / 2u;
+    if (head < params.n_heads) {
+      let at = ((t0 + t) * params.y_stride + head * d) + 4u * i;
+      for (var j = 0u; j < 4u; j++) {
+        y[at + j] = ra[j];
+        y[at + 4u * half + j] = rb[j];
+      }
+    } else {
+      let at = (pos * params.n_kv + head - params.n_heads) * dv + i;
+      k_cache[at] = ra;
+      k_cache[at + half] = rb;
+    }
+  }
+}
+#endif
+
 struct Scales {
   a: vec4<f32>,
   b: vec4<f32>,
@@ -291,9 +366,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 #endif
   // The row groups are spelled out (no loop over them, no array of them): lavapipe keeps
   // loop-indexed private arrays in memory, read and written lane by lane.
-  var g0 = group(first_row, row_words);
+#if EPILOGUE_ROPE
+  let rows01 = rope_rows(first_row);
+#else
+  let rows01 = vec2<u32>(first_row, first_row + 4u);
+#endif
+  var g0 = group(rows01.x, row_words);
 #if ROWS_8
-  var g1 = group(first_row + 4u, row_words);
+  var g1 = group(rows01.y, row_words);
 #endif
 #if ROWS_16
   var g1 = group(first_row + 4u, row_words);
@@ -340,9 +420,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 #else
   let s = Scales(vec4<f32>(1.0), vec4<f32>(1.0));
 #endif
+#if EPILOGUE_ROPE
+  finish_rope(g0.acc, g1.acc, rows01, t0, n, s.a);
+#if TOKENS_8
+  finish_rope(g0.acc_b, g1.acc_b, rows01, t0 + 4u, n, s.b);
+#endif
+#else
   finish_group(g0, first_row, t0, n, s);
 #if ROWS_8
   finish_group(g1, first_row + 4u, t0, n, s);
+#endif
 #endif
 #if ROWS_16
   finish_group(g1, first_row + 4u, t0, n, s);

@@ -18,7 +18,6 @@ import {
   type Op,
   type OpContext,
   Recorder,
-  ropeKvOp,
   STATE_BYTES,
   type WeightDType,
 } from "../src/gpu/ops.ts";
@@ -389,7 +388,7 @@ Deno.test("embedding lookup from a row-chunked table matches the CPU reference f
   }
 });
 
-// --- rope_kv ---------------------------------------------------------------------------------
+// --- q/k/v projection with RoPE and the K/V append (matmul's rope-kv epilogue) --------------
 
 interface RopeCase {
   nHeads: number;
@@ -397,68 +396,166 @@ interface RopeCase {
   headDim: number;
   pos: number;
   n: number;
+  dtype?: WeightDType;
+  /** Input width (a multiple of 8); default 40. */
+  cols?: number;
+  /** Cache capacity past pos + n (negative: the last tokens do not fit); default 3. */
+  spare?: number;
+  /** Rows per weight chunk, a multiple of headDim (a small binding limit); absent: one chunk. */
+  chunkRows?: number;
   /** Tokens the op is recorded for (state.n is n); default n. */
   recordN?: number;
-  /** A variant other than the op's choice (rows / tokens per invocation, workgroup size). */
+  /** A variant other than the op's choice (tokens per invocation, workgroup size). */
   geometry?: Partial<MatmulGeometry>;
 }
 
-/** Runs rope_kv on random q/k/v; caches and q_out start random and are compared whole. */
-async function checkRopeKv(c: RopeCase) {
-  const label = `rope_kv ${JSON.stringify(c)}`;
+/** Random inputs of a rope-kv case and what the CPU reference makes of them. */
+function ropeCase(c: RopeCase) {
+  const label = `matmul rope-kv ${JSON.stringify(c)}`;
   const rng = ref.mulberry32(ref.seedFrom(label));
-  const ctxLen = c.pos + c.n + 3;
-  const width = (c.nHeads + 2 * c.nKv) * c.headDim;
+  const cols = c.cols ?? 40;
+  const rows = (c.nHeads + 2 * c.nKv) * c.headDim;
+  const ctxLen = c.pos + c.n + (c.spare ?? 3);
   const cacheLen = ctxLen * c.nKv * c.headDim;
+  const weights = ref.encodeWeights(
+    c.dtype ?? "BF16",
+    ref.randomF32(rng, rows * cols, -2 / Math.sqrt(cols), 2 / Math.sqrt(cols)),
+  );
+  const x = ref.randomF32(rng, c.n * cols, -2, 2);
+  const gain = ref.randomF32(rng, cols, 0.5, 1.5);
+  const eps = 1e-5;
+  // The projection alone (store epilogue), then rotation and the cache append.
+  const qkv = ref.matmulRef({
+    w: weights.decoded,
+    rows,
+    cols,
+    x,
+    xStride: cols,
+    y: new Float32Array(c.n * rows),
+    yStride: rows,
+    n: c.n,
+    epilogue: "store",
+    norm: { gain, eps },
+  });
   const args: ref.RopeKvRefArgs = {
     ...c,
     ctx: ctxLen,
-    qkv: ref.randomF32(rng, c.n * width, -3, 3),
+    qkv,
     cosSin: ref.ropeTable(ctxLen, c.headDim),
     q: ref.randomF32(rng, (c.n + 1) * c.nHeads * c.headDim),
     kCache: ref.randomF32(rng, cacheLen),
     vCache: ref.randomF32(rng, cacheLen),
   };
-  await withBuffers(async (b) => {
-    const q = b.upload(args.q, "q");
-    const k = b.upload(args.kCache, "k");
-    const v = b.upload(args.vCache, "v");
-    const op = ropeKvOp(ctx, {
+  return { label, rows, cols, ctxLen, cacheLen, weights, x, gain, eps, args };
+}
+
+/** The fused op over a rope case's inputs; q and the caches start as the case's random values. */
+function ropeOp(b: Buffers, c: RopeCase, r: ReturnType<typeof ropeCase>) {
+  const dtype = c.dtype ?? "BF16";
+  const rowBytes = r.cols * ref.DTYPE_SIZE[dtype];
+  const maxBinding = c.chunkRows ? rowBytes * c.chunkRows : gpu.maxBinding;
+  const w = b.track(createMatrix(device, dtype, r.rows, r.cols, maxBinding, "w", 1, c.headDim));
+  assert.equal(w.chunks.length, c.chunkRows ? Math.ceil(r.rows / c.chunkRows) : 1);
+  writeMatrixRows(device, w, 0, r.weights.bytes);
+  const q = b.upload(r.args.q, "q");
+  const k = b.upload(r.args.kCache, "k");
+  const v = b.upload(r.args.vCache, "v");
+  const op = matmulOp(ctx, {
+    w,
+    x: b.upload(r.x, "x"),
+    xStride: r.cols,
+    y: q,
+    yStride: c.nHeads * c.headDim,
+    epilogue: "rope-kv",
+    norm: { gain: b.upload(r.gain, "gain"), eps: r.eps },
+    rope: {
       nHeads: c.nHeads,
       nKv: c.nKv,
       headDim: c.headDim,
-      ctxLen,
-      qkv: b.upload(args.qkv, "qkv"),
-      cosSin: b.upload(args.cosSin, "cos_sin"),
-      q,
+      ctxLen: r.ctxLen,
+      cosSin: b.upload(r.args.cosSin, "cos_sin"),
       k,
       v,
-    });
+    },
+    geometry: c.geometry,
+  });
+  return { op, q, k, v };
+}
+
+/** Runs the fused q/k/v + RoPE + K/V append on random input; q and both caches compared whole. */
+async function checkRopeKv(c: RopeCase) {
+  const r = ropeCase(c);
+  await withBuffers(async (b) => {
+    const { op, q, k, v } = ropeOp(b, c, r);
     run(op, c.pos, c.n, c.recordN);
-    const want = ref.ropeKvRef(args);
+    const want = ref.ropeKvRef(r.args);
     const row = c.nKv * c.headDim;
-    assertClose(await readF32(device, q, args.q.length), want.q, TOL, `${label} q`, c.headDim);
-    assertClose(await readF32(device, k, cacheLen), want.kCache, TOL, `${label} k cache`, row);
-    assertClose(await readF32(device, v, cacheLen), want.vCache, TOL, `${label} v cache`, row);
+    const label = r.label;
+    assertClose(await readF32(device, q, r.args.q.length), want.q, TOL, `${label} q`, c.headDim);
+    assertClose(await readF32(device, k, r.cacheLen), want.kCache, TOL, `${label} k cache`, row);
+    assertClose(await readF32(device, v, r.cacheLen), want.vCache, TOL, `${label} v cache`, row);
   });
 }
 
-Deno.test("rope_kv rotates q and k and appends k and v to the cache at position 0", async () => {
-  await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 0, n: 5 });
-  await checkRopeKv({ nHeads: 6, nKv: 3, headDim: 64, pos: 0, n: 1 });
-  await checkRopeKv({ nHeads: 4, nKv: 4, headDim: 160, pos: 0, n: 3 });
+Deno.test("q/k/v projection with RoPE and K/V append matches the CPU reference at position 0, all dtypes", async () => {
+  for (const dtype of DTYPES) {
+    await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 0, n: 5, dtype });
+    await checkRopeKv({ nHeads: 6, nKv: 3, headDim: 64, pos: 0, n: 1, dtype, cols: 72 });
+    await checkRopeKv({ nHeads: 3, nKv: 1, headDim: 24, pos: 0, n: 3, dtype, cols: 200 });
+  }
 });
 
-Deno.test("rope_kv rotates q and k and appends k and v to the cache at a later position", async () => {
+Deno.test("q/k/v projection with RoPE and K/V append matches the CPU reference at later positions, 1..13 tokens", async () => {
   await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 9, n: 7 });
   await checkRopeKv({ nHeads: 6, nKv: 3, headDim: 64, pos: 70, n: 1 });
   await checkRopeKv({ nHeads: 6, nKv: 2, headDim: 64, pos: 13, n: 13 });
-  await checkRopeKv({ nHeads: 32, nKv: 8, headDim: 128, pos: 40, n: 3 });
+  await checkRopeKv({ nHeads: 4, nKv: 4, headDim: 160, pos: 40, n: 3, cols: 24 });
+  await checkRopeKv({ nHeads: 5, nKv: 5, headDim: 8, pos: 2, n: 9, cols: 8 });
 });
 
-Deno.test("rope_kv recorded for more tokens than state.n writes only state.n tokens", async () => {
+Deno.test("q/k/v + RoPE in every tokens-per-invocation variant, 64-invocation workgroups and row chunks", async () => {
+  for (const tokens of [1, 2, 3, 4, 8]) {
+    for (const n of [1, 3, 5, 9]) {
+      await checkRopeKv({ nHeads: 3, nKv: 1, headDim: 24, pos: 4, n, geometry: { tokens } });
+    }
+  }
+  await checkRopeKv({ nHeads: 32, nKv: 8, headDim: 64, pos: 5, n: 2, geometry: { wg: 64 } });
+  // Chunks of 2 and 3 heads' rows: the split falls inside q, between k and v, inside v.
+  await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 3, n: 5, chunkRows: 64 });
+  await checkRopeKv({ nHeads: 3, nKv: 2, headDim: 16, pos: 0, n: 3, chunkRows: 48, dtype: "F32" });
+});
+
+Deno.test("q/k/v + RoPE recorded for more tokens than state.n, or past the cache's end, writes only what fits", async () => {
   await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 9, n: 3, recordN: 8 });
   await checkRopeKv({ nHeads: 6, nKv: 3, headDim: 64, pos: 0, n: 1, recordN: 9 });
+  await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 6, n: 5, spare: -2 });
+});
+
+Deno.test("the rope-kv epilogue refuses a chunk that starts inside a head, or shapes that do not match", async () => {
+  const c: RopeCase = { nHeads: 2, nKv: 1, headDim: 16, pos: 0, n: 1 };
+  const r = ropeCase(c);
+  await withBuffers(async (b) => {
+    // 24 rows per chunk: without createMatrix's row alignment a chunk starts mid-head.
+    const w = b.track(createMatrix(device, "BF16", r.rows, r.cols, r.cols * 2 * 24, "w"));
+    const x = b.upload(r.x, "x");
+    const gain = b.upload(r.gain, "gain");
+    const base = {
+      x,
+      xStride: r.cols,
+      y: x,
+      yStride: 32,
+      epilogue: "rope-kv" as const,
+      norm: { gain, eps: r.eps },
+      rope: { nHeads: 2, nKv: 1, headDim: 16, ctxLen: r.ctxLen, cosSin: x, k: x, v: x },
+    };
+    assert.throws(() => matmulOp(ctx, { ...base, w }), /starts inside a head/);
+    const whole = b.track(createMatrix(device, "BF16", r.rows, r.cols, gpu.maxBinding, "w"));
+    assert.throws(() => matmulOp(ctx, { ...base, w: whole, yStride: 48 }), /do not match/);
+    assert.throws(
+      () => matmulOp(ctx, { ...base, w: whole, norm: undefined }),
+      /needs rope and norm/,
+    );
+  });
 });
 
 // --- attention -------------------------------------------------------------------------------
@@ -596,26 +693,11 @@ Deno.test("attention recorded for more tokens than state.n writes only state.n t
   });
 });
 
-Deno.test("rope_kv followed by attention in one pass matches the CPU reference over a prefilled cache", async () => {
+Deno.test("q/k/v + RoPE followed by attention in one pass matches the CPU reference over a prefilled cache", async () => {
   const nHeads = 6, nKv = 3, headDim = 32, pos = 11, n = 5, window = 5, softcap = 50;
-  const rng = ref.mulberry32(ref.seedFrom("rope_kv + attention"));
-  const ctxLen = 24;
-  const width = (nHeads + 2 * nKv) * headDim;
-  const cacheLen = ctxLen * nKv * headDim;
-  const rope: ref.RopeKvRefArgs = {
-    nHeads,
-    nKv,
-    headDim,
-    ctx: ctxLen,
-    pos,
-    n,
-    qkv: ref.randomF32(rng, n * width, -3, 3),
-    cosSin: ref.ropeTable(ctxLen, headDim),
-    q: new Float32Array(n * nHeads * headDim),
-    kCache: ref.randomF32(rng, cacheLen),
-    vCache: ref.randomF32(rng, cacheLen),
-  };
-  const rotated = ref.ropeKvRef(rope);
+  const c: RopeCase = { nHeads, nKv, headDim, pos, n, spare: 8 };
+  const r = ropeCase(c);
+  const rotated = ref.ropeKvRef(r.args);
   const want = ref.attentionRef({
     nHeads,
     nKv,
@@ -631,24 +713,14 @@ Deno.test("rope_kv followed by attention in one pass matches the CPU reference o
   });
   await withBuffers(async (b) => {
     const shape = { nHeads, nKv, headDim };
-    const q = b.upload(rope.q, "q");
-    const k = b.upload(rope.kCache, "k");
-    const v = b.upload(rope.vCache, "v");
+    const { op, q, k, v } = ropeOp(b, c, r);
     const out = b.upload(new Float32Array(want.length), "out");
     const ops = [
-      ropeKvOp(ctx, {
-        ...shape,
-        ctxLen,
-        qkv: b.upload(rope.qkv, "qkv"),
-        cosSin: b.upload(rope.cosSin, "cos_sin"),
-        q,
-        k,
-        v,
-      }),
+      op,
       attentionOp(ctx, { ...shape, window, scale: 1 / Math.sqrt(headDim), softcap, q, k, v, out }),
     ];
     run(ops, pos, n);
-    const label = "rope_kv + attention";
+    const label = "q/k/v + RoPE + attention";
     assertClose(await readF32(device, out, want.length), want, TOL, label, nHeads * headDim);
   });
 });

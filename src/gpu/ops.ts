@@ -139,7 +139,7 @@ export function embedOp(
   return { record: (rec, n) => parts.forEach(([p, g]) => rec.dispatch(p, g, n)) };
 }
 
-export type Epilogue = "store" | "add" | "glu-silu" | "glu-gelu";
+export type Epilogue = "store" | "add" | "glu-silu" | "glu-gelu" | "rope-kv";
 
 export interface MatmulArgs {
   w: WeightMatrix;
@@ -157,6 +157,25 @@ export interface MatmulArgs {
   lastOnly?: boolean;
   /** Overrides of matmulGeometry's choice (benches and tests of the other variants). */
   geometry?: Partial<MatmulGeometry>;
+  /**
+   * The "rope-kv" epilogue's attention shape and outputs: W stacks the q, k and v heads' rows,
+   * y gets the rotated q (n, nHeads, headDim), k and v go into the caches (ctxLen, nKv, headDim)
+   * at pos + t; cosSin is the (ctxLen, headDim / 2) table of (cos, sin) pairs.
+   */
+  rope?: AttentionShape & { ctxLen: number; cosSin: GPUBuffer; k: GPUBuffer; v: GPUBuffer };
+}
+
+/** The rope-kv epilogue's constraints, checked when the op is built. */
+function checkRope(a: MatmulArgs): void {
+  const r = a.rope;
+  if (!r || !a.norm) throw new Error("the rope-kv epilogue needs rope and norm arguments");
+  if (r.headDim % 8 !== 0) throw new Error(`head_dim ${r.headDim} is not a multiple of 8`);
+  if (a.w.rows !== (r.nHeads + 2 * r.nKv) * r.headDim || a.yStride !== r.nHeads * r.headDim) {
+    throw new Error("rope-kv: the weight rows or y stride do not match the attention shape");
+  }
+  if (a.w.chunks.some((chunk) => chunk.rowStart % r.headDim !== 0)) {
+    throw new Error("rope-kv: a weight chunk starts inside a head");
+  }
 }
 
 /** y = epilogue(W · x'), x' = x or rmsnorm(x) * gain. See kernels/matmul.wgsl. */
@@ -166,7 +185,11 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
     "add": { EPILOGUE_ADD: true },
     "glu-silu": { EPILOGUE_GLU: true, ACT_SILU: true },
     "glu-gelu": { EPILOGUE_GLU: true, ACT_GELU_TANH: true },
+    "rope-kv": { EPILOGUE_ROPE: true },
   }[a.epilogue] as Defines;
+  if (a.epilogue === "rope-kv") checkRope(a);
+  // rope-kv pairs each group of 4 rows with its rotation partners: 8 rows per invocation.
+  const geometry = a.epilogue === "rope-kv" ? { ...a.geometry, rows: 8 } : a.geometry;
   const base: Defines = { ...dtypeDefine(a.w.dtype), ...epilogue, NORM: a.norm !== undefined };
   const parts = a.w.chunks.map((chunk) => {
     const fields: Field[] = [
@@ -178,6 +201,10 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
       ["u32", a.lastOnly ? 1 : 0],
       ["f32", a.norm?.eps ?? 0],
       ["f32", a.softcap ?? 0],
+      ["u32", a.rope?.nHeads ?? 0],
+      ["u32", a.rope?.nKv ?? 0],
+      ["u32", a.rope?.headDim ?? 0],
+      ["u32", a.rope?.ctxLen ?? 0],
     ];
     const resources = [
       uniformBuffer(ctx.device, fields, "matmul"),
@@ -187,6 +214,7 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
       a.y,
     ];
     if (a.norm) resources.push(a.norm.gain);
+    if (a.rope) resources.push(a.rope.cosSin, a.rope.k, a.rope.v);
     return { rows: chunk.rows, bound: new Bound(ctx, "matmul", resources) };
   });
   return {
@@ -195,7 +223,7 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
       for (const part of parts) {
         const g = {
           ...matmulGeometry(part.rows, tokens),
-          ...a.geometry,
+          ...geometry,
         };
         const [pipeline, group] = part.bound.get({ ...base, ...matmulDefines(g) });
         const groups = Math.ceil(part.rows / (g.rows * g.wg));
@@ -210,40 +238,6 @@ export interface AttentionShape {
   nHeads: number;
   nKv: number;
   headDim: number;
-}
-
-/** Rotates q/k of the new tokens and appends k/v to the cache at pos + t. */
-export function ropeKvOp(
-  ctx: OpContext,
-  a: AttentionShape & {
-    ctxLen: number;
-    qkv: GPUBuffer;
-    cosSin: GPUBuffer;
-    q: GPUBuffer;
-    k: GPUBuffer;
-    v: GPUBuffer;
-  },
-): Op {
-  if (a.headDim % 8 !== 0) throw new Error(`head_dim ${a.headDim} is not a multiple of 8`);
-  const params = uniformBuffer(ctx.device, [
-    ["u32", a.nHeads],
-    ["u32", a.nKv],
-    ["u32", a.headDim],
-    ["u32", a.ctxLen],
-  ], "rope_kv");
-  const [pipeline, group] = new Bound(ctx, "rope_kv", [
-    params,
-    ctx.state,
-    a.qkv,
-    a.cosSin,
-    a.q,
-    a.k,
-    a.v,
-  ]).get({});
-  // One invocation per (head, token): rope_kv.wgsl's workgroup size is 8.
-  return {
-    record: (rec, n) => rec.dispatch(pipeline, group, Math.ceil((a.nHeads + a.nKv) * n / 8)),
-  };
 }
 
 /** attention.wgsl's most (query head, token) pairs per workgroup (it spells out u0 .. u7). */

@@ -10,7 +10,6 @@ import draftSample from "../../kernels/draft_sample.wgsl" with { type: "text" };
 import embed from "../../kernels/embed.wgsl" with { type: "text" };
 import logitsProcessing from "../../kernels/logits_processing.wgsl" with { type: "text" };
 import matmul from "../../kernels/matmul.wgsl" with { type: "text" };
-import ropeKv from "../../kernels/rope_kv.wgsl" with { type: "text" };
 import sample from "../../kernels/sample.wgsl" with { type: "text" };
 import speculation from "../../kernels/speculation.wgsl" with { type: "text" };
 import state from "../../kernels/state.wgsl" with { type: "text" };
@@ -25,7 +24,6 @@ const SOURCES: Record<string, string> = {
   "embed.wgsl": embed,
   "logits_processing.wgsl": logitsProcessing,
   "matmul.wgsl": matmul,
-  "rope_kv.wgsl": ropeKv,
   "sample.wgsl": sample,
   "speculation.wgsl": speculation,
   "state.wgsl": state,
@@ -40,7 +38,6 @@ export type KernelName =
   | "draft_sample"
   | "embed"
   | "matmul"
-  | "rope_kv"
   | "sample"
   | "verify"
   | "verify_begin";

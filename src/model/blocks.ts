@@ -9,12 +9,11 @@ import {
   type Epilogue,
   matmulOp,
   type Op,
-  ropeKvOp,
   type WeightMatrix,
 } from "../gpu/ops.ts";
 import type { BuildContext } from "./model.ts";
 
-/** norm -> q/k/v projection -> RoPE + K/V append -> attention into act.attnOut. */
+/** norm -> q/k/v projection with RoPE and the K/V append (one dispatch) -> attention into act.attnOut. */
 export async function attentionCore(
   b: BuildContext,
   layer: number,
@@ -24,11 +23,15 @@ export async function attentionCore(
   const p = `model.layers.${layer}.self_attn.`;
   const qDim = cfg.numHeads * cfg.headDim;
   const kvDim = cfg.numKvHeads * cfg.headDim;
-  const qkvWeights = await b.weights.matrix([
-    [`${p}q_proj.weight`, qDim],
-    [`${p}k_proj.weight`, kvDim],
-    [`${p}v_proj.weight`, kvDim],
-  ], cfg.hiddenSize);
+  const qkvWeights = await b.weights.matrix(
+    [
+      [`${p}q_proj.weight`, qDim],
+      [`${p}k_proj.weight`, kvDim],
+      [`${p}v_proj.weight`, kvDim],
+    ],
+    cfg.hiddenSize,
+    { rowAlign: cfg.headDim },
+  );
   const shape = { nHeads: cfg.numHeads, nKv: cfg.numKvHeads, headDim: cfg.headDim };
   const k = b.kv.keys[layer];
   const v = b.kv.values[layer];
@@ -37,19 +40,11 @@ export async function attentionCore(
       w: qkvWeights,
       x: act.h,
       xStride: cfg.hiddenSize,
-      y: act.qkv,
-      yStride: qDim + 2 * kvDim,
-      epilogue: "store",
+      y: act.q,
+      yStride: qDim,
+      epilogue: "rope-kv",
       norm: { gain: a.norm, eps: cfg.rmsNormEps },
-    }),
-    ropeKvOp(b.op, {
-      ...shape,
-      ctxLen: b.contextLength,
-      qkv: act.qkv,
-      cosSin: b.cosSin,
-      q: act.q,
-      k,
-      v,
+      rope: { ...shape, ctxLen: b.contextLength, cosSin: b.cosSin, k, v },
     }),
     attentionOp(b.op, {
       ...shape,
@@ -90,7 +85,7 @@ export async function gatedMlpUp(
   const w = await b.weights.matrix(
     [[`${p}gate_proj.weight`, cfg.intermediateSize], [`${p}up_proj.weight`, cfg.intermediateSize]],
     cfg.hiddenSize,
-    true,
+    { glu: true },
   );
   return matmulOp(b.op, {
     w,

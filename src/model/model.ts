@@ -33,8 +33,6 @@ export interface Activations {
   ids: GPUBuffer;
   /** (maxBatch, hidden): the residual stream. */
   h: GPUBuffer;
-  /** (maxBatch, (n_heads + 2 n_kv) head_dim): fused q/k/v projections. */
-  qkv: GPUBuffer;
   /** (maxBatch, n_heads * head_dim): rotated queries, then attention output. */
   q: GPUBuffer;
   attnOut: GPUBuffer;
@@ -248,7 +246,6 @@ function allocateActivations(
     maxBatch,
     ids: storageBuffer(device, maxBatch * 4, "ids"),
     h: f32(cfg.hiddenSize, "h"),
-    qkv: f32(qDim + 2 * cfg.numKvHeads * cfg.headDim, "qkv"),
     q: f32(qDim, "q"),
     attnOut: f32(qDim, "attn_out"),
     branch: f32(cfg.hiddenSize, "branch"),

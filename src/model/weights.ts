@@ -35,11 +35,23 @@ export function parameterCount(tensors: Map<string, TensorInfo>): number {
 
 const PIECE_BYTES = 64 << 20;
 
-/** Row ranges of at most `maxBinding` bytes each (`stack` matrices side by side per chunk). */
-export function planChunks(rows: number, rowBytes: number, maxBinding: number, stack = 1) {
-  const perChunk = Math.floor(maxBinding / (rowBytes * stack));
+/**
+ * Row ranges of at most `maxBinding` bytes each (`stack` matrices side by side per chunk), each
+ * starting at a multiple of `rowAlign` rows (the fused q/k/v + RoPE kernel needs whole heads).
+ */
+export function planChunks(
+  rows: number,
+  rowBytes: number,
+  maxBinding: number,
+  stack = 1,
+  rowAlign = 1,
+) {
+  const perChunk = Math.floor(maxBinding / (rowBytes * stack * rowAlign)) * rowAlign;
   if (perChunk < 1) {
-    throw new ModelError(`a weight row of ${rowBytes} bytes exceeds the GPU's binding limit`);
+    throw new ModelError(
+      `${rowAlign > 1 ? `${rowAlign} weight rows` : "a weight row"} of ${rowBytes} bytes ` +
+        `exceed the GPU's binding limit`,
+    );
   }
   const chunks: { rowStart: number; rows: number }[] = [];
   for (let start = 0; start < rows; start += perChunk) {
@@ -57,6 +69,7 @@ export function createMatrix(
   maxBinding: number,
   label: string,
   stack = 1,
+  rowAlign = 1,
 ): WeightMatrix {
   const rowBytes = cols * DTYPE_BYTES[dtype];
   if (cols % 8 !== 0) {
@@ -65,7 +78,7 @@ export function createMatrix(
       `${label}: a column count that is a multiple of 8 is needed (got ${cols})`,
     );
   }
-  const chunks = planChunks(rows, rowBytes, maxBinding, stack).map((c) => ({
+  const chunks = planChunks(rows, rowBytes, maxBinding, stack, rowAlign).map((c) => ({
     ...c,
     buffer: storageBuffer(device, c.rows * rowBytes * stack, `${label}[${c.rowStart}]`),
   }));
@@ -125,9 +138,14 @@ export class WeightLoader {
 
   /**
    * One matrix from tensors stacked by rows (e.g. q, k and v projections), each (rows_i, cols);
-   * with `glu`, exactly two tensors (gate, up) stacked per chunk for the fused GLU epilogue.
+   * with `glu`, exactly two tensors (gate, up) stacked per chunk for the fused GLU epilogue;
+   * chunks (when the matrix exceeds a binding) start at multiples of `rowAlign` rows.
    */
-  async matrix(names: [string, number][], cols: number, glu = false): Promise<WeightMatrix> {
+  async matrix(
+    names: [string, number][],
+    cols: number,
+    { glu = false, rowAlign = 1 } = {},
+  ): Promise<WeightMatrix> {
     const infos = names.map(([name, rows]) => this.info(name, [rows, cols]));
     const dtype = infos[0].dtype;
     const mixed = infos.find((t) => t.dtype !== dtype);
@@ -143,6 +161,7 @@ export class WeightLoader {
       this.maxBinding,
       names[0][0],
       glu ? 2 : 1,
+      rowAlign,
     );
     const rowBytes = cols * DTYPE_BYTES[dtype];
     let rowBase = 0;
