@@ -55,7 +55,7 @@ function values(count: number, a = 1, seed = 1): Float32Array<ArrayBuffer> {
 }
 
 function f32Buffer(count: number, a = 1, label = "data"): GPUBuffer {
-  const buffer = storageBuffer(device, count * 4, label);
+  const buffer = storageBuffer(device, count * 4, label, { uniform: true });
   device.queue.writeBuffer(buffer, 0, values(count, a));
   return buffer;
 }
@@ -163,7 +163,9 @@ function matmulBenches(
         // Token variants only where they differ from the op's choice for this n.
         if (v.tokens !== undefined && (v.tokens >= n || n === 1)) continue;
         const name = Object.entries(v).map(([k, x]) =>
-          `${k === "wg" ? "WG" : k[0].toUpperCase()}=${x}`
+          k === "xUniform"
+            ? `x ${x ? "uniform" : "storage"}`
+            : `${k === "wg" ? "WG" : k[0].toUpperCase()}=${x}`
         );
         opBench(group, name.join(" "), op(v), 40, n, reps);
       }
@@ -188,6 +190,7 @@ matmulBenches(
     { tokens: 2 },
     { tokens: 4 },
     { rows: 8, tokens: 4 },
+    { xUniform: false },
   ],
 );
 
@@ -197,9 +200,14 @@ matmulBenches(
     { name: "gate/up (norm, glu)", rows: 8192, cols: 2048, epilogue: "glu-silu", norm: true },
     { name: "down (add)", rows: 2048, cols: 8192, epilogue: "add", norm: false },
   ],
-  [{ rows: 4, wg: 64 }, { rows: 8, wg: 8 }, { rows: 8, wg: 64 }, { rows: 16, wg: 64 }, {
-    tokens: 4,
-  }],
+  [
+    { rows: 4, wg: 64 },
+    { rows: 8, wg: 8 },
+    { rows: 8, wg: 64 },
+    { rows: 16, wg: 64 },
+    { tokens: 4 },
+    { xUniform: false },
+  ],
   10,
 );
 

@@ -86,7 +86,7 @@ class Buffers {
   #all: GPUBuffer[] = [];
   /** A storage buffer holding `data`. */
   upload(data: Float32Array | Uint32Array, label: string): GPUBuffer {
-    const buffer = storageBuffer(device, data.byteLength, label);
+    const buffer = storageBuffer(device, data.byteLength, label, { uniform: true });
     device.queue.writeBuffer(
       buffer,
       0,
@@ -300,7 +300,8 @@ Deno.test("every matmul variant (4, 8 and 16 rows; 1, 2, 3, 4 and 8 tokens per i
         n,
         norm: (n + i) % 2 === 0,
         xPad: n % 3 === 0 ? 4 : undefined,
-        geometry: { rows },
+        // x through its uniform binding (it fits) or, every other case, its storage binding.
+        geometry: { rows, xUniform: (n + i) % 2 === 0 },
       });
     }
   }
@@ -327,6 +328,66 @@ Deno.test("every matmul variant (4, 8 and 16 rows; 1, 2, 3, 4 and 8 tokens per i
       geometry: { wg: 64 },
     },
   );
+  for (const c of cases) await checkMatmul(c);
+});
+
+Deno.test("matmul reads x through a uniform binding exactly when the forward's rows of x fit in 64 KiB; both paths match the CPU reference", async () => {
+  // Which pipeline a recording uses, by its defines.
+  const pipelinesOf = (op: Op, n: number) => {
+    const labels: string[] = [];
+    const nothing = () => {};
+    const pass = {
+      setPipeline: (p: GPUComputePipeline) => labels.push(p.label),
+      setBindGroup: nothing,
+      dispatchWorkgroups: nothing,
+    };
+    op.record(new Recorder(pass as unknown as GPUComputePassEncoder), n);
+    return labels;
+  };
+  await withBuffers(async (b) => {
+    const w = b.track(createMatrix(device, "BF16", 16, 2000, gpu.maxBinding, "w"));
+    const y = b.upload(new Float32Array(16 * 16), "y");
+    const big = b.upload(new Float32Array(16 * 2000), "x"); // 128,000 bytes
+    const small = b.upload(new Float32Array(4 * 2000), "x"); // 32,000 bytes
+    const op = (x: GPUBuffer, xUniform?: boolean) =>
+      matmulOp(ctx, {
+        w,
+        x,
+        xStride: 2000,
+        y,
+        yStride: 16,
+        epilogue: "store",
+        geometry: { xUniform },
+      });
+    const uniform = (labels: string[]) => labels.every((l) => l.includes("X_UNIFORM"));
+    const storage = (labels: string[]) => labels.every((l) => !l.includes("X_UNIFORM"));
+    // 8 rows of 2000 floats = 64,000 bytes fit; 9 do not.
+    assert.ok(uniform(pipelinesOf(op(big), 8)));
+    assert.ok(storage(pipelinesOf(op(big), 9)));
+    // The binding cannot be larger than the buffer: 4 rows fit in the small one, 5 would not.
+    assert.ok(uniform(pipelinesOf(op(small), 4)));
+    assert.ok(storage(pipelinesOf(op(small), 5)));
+    assert.ok(storage(pipelinesOf(op(big, false), 1)));
+    // A buffer that cannot be a uniform is always read through storage.
+    const plain = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE });
+    b.track({ chunks: [{ buffer: plain }] });
+    const noUniform = matmulOp(ctx, {
+      w: b.track(createMatrix(device, "F32", 4, 16, gpu.maxBinding, "w")),
+      x: plain,
+      xStride: 16,
+      y,
+      yStride: 4,
+      epilogue: "store",
+    });
+    assert.ok(storage(pipelinesOf(noUniform, 1)));
+  });
+  // Both paths on either side of the boundary (cols 2000: 8 tokens fit, 9 do not).
+  const cases: MatmulCase[] = [
+    { dtype: "BF16", epilogue: "store", rows: 67, cols: 2000, n: 8, norm: true },
+    { dtype: "BF16", epilogue: "store", rows: 67, cols: 2000, n: 9, norm: true },
+    { dtype: "F16", epilogue: "add", rows: 37, cols: 2000, n: 8, geometry: { xUniform: false } },
+    { dtype: "F32", epilogue: "glu-silu", rows: 37, cols: 2000, n: 6, lastOnly: true },
+  ];
   for (const c of cases) await checkMatmul(c);
 });
 

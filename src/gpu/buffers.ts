@@ -2,8 +2,18 @@
 
 export const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
 
-export function storageBuffer(device: GPUDevice, bytes: number, label: string): GPUBuffer {
-  return device.createBuffer({ label, size: Math.max(16, align4(bytes)), usage: STORAGE });
+/**
+ * A storage buffer; with `uniform`, one that may also be bound as a uniform range (matmul reads
+ * its input x through one when it fits: kernels/matmul.wgsl X_UNIFORM).
+ */
+export function storageBuffer(
+  device: GPUDevice,
+  bytes: number,
+  label: string,
+  { uniform = false } = {},
+): GPUBuffer {
+  const usage = uniform ? STORAGE | GPUBufferUsage.UNIFORM : STORAGE;
+  return device.createBuffer({ label, size: Math.max(16, align4(bytes)), usage });
 }
 
 export function align4(bytes: number): number {

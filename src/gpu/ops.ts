@@ -56,14 +56,21 @@ export interface Op {
 /** One bind group per pipeline variant, made on first use. */
 export class Bound {
   #groups = new Map<GPUComputePipeline, GPUBindGroup>();
-  constructor(private ctx: OpContext, private kernel: KernelName, private resources: GPUBuffer[]) {}
+  constructor(
+    private ctx: OpContext,
+    private kernel: KernelName,
+    private resources: (GPUBuffer | GPUBufferBinding)[],
+  ) {}
   get(defines: Defines): [GPUComputePipeline, GPUBindGroup] {
     const pipeline = this.ctx.pipelines.get(this.kernel, defines);
     let group = this.#groups.get(pipeline);
     if (!group) {
       group = this.ctx.device.createBindGroup({
         layout: pipeline.getBindGroupLayout(0),
-        entries: this.resources.map((buffer, binding) => ({ binding, resource: { buffer } })),
+        entries: this.resources.map((r, binding) => ({
+          binding,
+          resource: r instanceof GPUBuffer ? { buffer: r } : r,
+        })),
       });
       this.#groups.set(pipeline, group);
     }
@@ -87,6 +94,8 @@ export interface MatmulGeometry {
   tokens: number;
   /** Invocations per workgroup. */
   wg: number;
+  /** false: read x from its storage binding even where a uniform one would hold it. */
+  xUniform?: boolean;
 }
 
 /**
@@ -178,6 +187,16 @@ function checkRope(a: MatmulArgs): void {
   }
 }
 
+/** The largest uniform binding of x: WebGPU's default maxUniformBufferBindingSize (64 KiB). */
+const X_UNIFORM_BYTES = 65536;
+
+/** Bytes of `x` a uniform binding can hold (0: none; the buffer lacks UNIFORM usage). */
+function uniformBytesOf(ctx: OpContext, x: GPUBuffer): number {
+  if (!(x.usage & GPUBufferUsage.UNIFORM)) return 0;
+  const limit = Math.min(X_UNIFORM_BYTES, ctx.device.limits.maxUniformBufferBindingSize);
+  return Math.floor(Math.min(limit, x.size) / 16) * 16;
+}
+
 /** y = epilogue(W · x'), x' = x or rmsnorm(x) * gain. See kernels/matmul.wgsl. */
 export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
   const epilogue = {
@@ -191,6 +210,8 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
   // rope-kv pairs each group of 4 rows with its rotation partners: 8 rows per invocation.
   const geometry = a.epilogue === "rope-kv" ? { ...a.geometry, rows: 8 } : a.geometry;
   const base: Defines = { ...dtypeDefine(a.w.dtype), ...epilogue, NORM: a.norm !== undefined };
+  // x goes through a uniform binding when the rows a forward reads fit in it (see matmul.wgsl).
+  const xUniformBytes = uniformBytesOf(ctx, a.x);
   const parts = a.w.chunks.map((chunk) => {
     const fields: Field[] = [
       ["u32", chunk.rows],
@@ -206,7 +227,7 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
       ["u32", a.rope?.headDim ?? 0],
       ["u32", a.rope?.ctxLen ?? 0],
     ];
-    const resources = [
+    const resources: (GPUBuffer | GPUBufferBinding)[] = [
       uniformBuffer(ctx.device, fields, "matmul"),
       ctx.state,
       chunk.buffer,
@@ -215,17 +236,27 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
     ];
     if (a.norm) resources.push(a.norm.gain);
     if (a.rope) resources.push(a.rope.cosSin, a.rope.k, a.rope.v);
-    return { rows: chunk.rows, bound: new Bound(ctx, "matmul", resources) };
+    const throughUniform = resources.with(3, { buffer: a.x, size: xUniformBytes });
+    return {
+      rows: chunk.rows,
+      bound: new Bound(ctx, "matmul", resources),
+      uniformBound: new Bound(ctx, "matmul", throughUniform),
+    };
   });
+  const xFits = (n: number) => geometry?.xUniform !== false && n * a.xStride * 4 <= xUniformBytes;
   return {
     record(rec, n) {
       const tokens = a.lastOnly ? 1 : n;
+      const uniform = xFits(n); // lastOnly reads row n - 1
       for (const part of parts) {
         const g = {
           ...matmulGeometry(part.rows, tokens),
           ...geometry,
         };
-        const [pipeline, group] = part.bound.get({ ...base, ...matmulDefines(g) });
+        const defines = { ...base, ...matmulDefines(g) };
+        const [pipeline, group] = uniform
+          ? part.uniformBound.get({ ...defines, X_UNIFORM: true, X_VEC4S: xUniformBytes / 16 })
+          : part.bound.get(defines);
         const groups = Math.ceil(part.rows / (g.rows * g.wg));
         const x = Math.min(groups, MAX_GROUPS_X);
         rec.dispatch(pipeline, group, x, Math.ceil(groups / x), Math.ceil(tokens / g.tokens));

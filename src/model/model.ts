@@ -239,7 +239,9 @@ function allocateActivations(
   maxBatch: number,
   maxBinding: number,
 ): Activations {
-  const f32 = (width: number, label: string) => storageBuffer(device, maxBatch * width * 4, label);
+  // Matmul inputs among them (h, attn_out, act) can also be read as uniforms.
+  const f32 = (width: number, label: string) =>
+    storageBuffer(device, maxBatch * width * 4, label, { uniform: true });
   const qDim = cfg.numHeads * cfg.headDim;
   const logitRows = Math.max(1, Math.min(maxBatch, Math.floor(maxBinding / (cfg.vocabSize * 4))));
   return {
