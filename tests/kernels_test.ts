@@ -107,7 +107,7 @@ class Buffers {
   }
 }
 
-async function withBuffers(fn: (b: Buffers) => Promise<void>) {
+async function withBuffers(fn: (b: Buffers) => void | Promise<void>) {
   const b = new Buffers();
   try {
     await fn(b);
@@ -344,7 +344,7 @@ Deno.test("matmul reads x through a uniform binding exactly when the forward's r
     op.record(new Recorder(pass as unknown as GPUComputePassEncoder), n);
     return labels;
   };
-  await withBuffers(async (b) => {
+  await withBuffers((b) => {
     const w = b.track(createMatrix(device, "BF16", 16, 2000, gpu.maxBinding, "w"));
     const y = b.upload(new Float32Array(16 * 16), "y");
     const big = b.upload(new Float32Array(16 * 2000), "x"); // 128,000 bytes
@@ -595,7 +595,7 @@ Deno.test("q/k/v + RoPE recorded for more tokens than state.n, or past the cache
 Deno.test("the rope-kv epilogue refuses a chunk that starts inside a head, or shapes that do not match", async () => {
   const c: RopeCase = { nHeads: 2, nKv: 1, headDim: 16, pos: 0, n: 1 };
   const r = ropeCase(c);
-  await withBuffers(async (b) => {
+  await withBuffers((b) => {
     // 24 rows per chunk: without createMatrix's row alignment a chunk starts mid-head.
     const w = b.track(createMatrix(device, "BF16", r.rows, r.cols, r.cols * 2 * 24, "w"));
     const x = b.upload(r.x, "x");
