@@ -194,6 +194,22 @@ export async function speculate(
   const verifyBegin = verifyBeginOp(target.ctx, buffers, targetIo);
   const verify = verifyOp(target.ctx, buffers, targetIo, separate && draftIo, opts.negativeControl);
 
+  // What a round records: draft steps, then the verification of cap + 1 tokens.
+  const recordDraftStep = (rec: Recorder, step: number) => {
+    // A separate draft's first step may take two tokens ([d_k, bonus] after a full acceptance).
+    draftModel.recordForward(rec, separate && step === 0 ? 2 : 1, draftSkip, "last");
+    draftSample.record(rec, 1);
+  };
+  const recordVerify = (rec: Recorder, cap: number) => {
+    verifyBegin.record(rec, 1);
+    target.recordForward(rec, cap + 1, NO_SKIP, "all");
+    verify.record(rec, 1);
+  };
+  const dispatchesOf = (record: (rec: Recorder) => void) => {
+    const rec = Recorder.counting();
+    record(rec);
+    return rec.dispatches;
+  };
   // Prefill all but the last prompt token (K/V only): the first round starts from it.
   const start = performance.now();
   const head = prompt.slice(0, -1);
@@ -220,27 +236,21 @@ export async function speculate(
   device.queue.writeBuffer(draftModel.state, 0, firstStep);
   device.queue.writeBuffer(draftModel.act.ids, 0, new Uint32Array([last]));
   if (separate) device.queue.writeBuffer(target.state, 0, new Uint32Array([p, 0, 0, 0]));
+  // Compile every pipeline a round may use (each cap's verification width) now, so no measured
+  // round pays for a compile: recording into a counting recorder creates them.
+  for (let cap = 1; cap <= draftMax; cap++) {
+    dispatchesOf((rec) => {
+      recordDraftStep(rec, 0); // a separate draft's first step may take 2 tokens, later ones 1
+      recordDraftStep(rec, 1);
+      recordVerify(rec, cap);
+    });
+  }
   await device.queue.onSubmittedWorkDone();
   const prefillMs = performance.now() - start;
 
   // Rounds.
   let dispatches = 0;
   let readbacks = 0;
-  const recordDraftStep = (rec: Recorder, step: number) => {
-    // A separate draft's first step may take two tokens ([d_k, bonus] after a full acceptance).
-    draftModel.recordForward(rec, separate && step === 0 ? 2 : 1, draftSkip, "last");
-    draftSample.record(rec, 1);
-  };
-  const recordVerify = (rec: Recorder, cap: number) => {
-    verifyBegin.record(rec, 1);
-    target.recordForward(rec, cap + 1, NO_SKIP, "all");
-    verify.record(rec, 1);
-  };
-  const dispatchesOf = (record: (rec: Recorder) => void) => {
-    const rec = Recorder.counting();
-    record(rec);
-    return rec.dispatches;
-  };
   // Draft steps recorded per round (the cap; the GPU stops drafting there): a stopped draft's
   // remaining steps still cost their dispatches, so each command buffer records the cap with the
   // most expected tokens per dispatch given the rounds so far (step_cap.ts).
