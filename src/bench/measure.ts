@@ -98,14 +98,13 @@ export async function benchModel(t: BenchTarget, o: BenchOptions): Promise<Model
     modes.push(await benchPrefill(t, o));
   }
   const decodeTps = (totals.get("decode") ?? []).map(tokensPerSecond);
-  const stepMs = runModes.length > 1 ? await forwardMs(model, 1, NO_SKIP, o.repeats) : 0;
   for (const mode of runModes) {
     if (mode === "decode" && !o.modes.includes("decode")) continue;
     const runs = totals.get(mode)!;
     const tps = runs.map(tokensPerSecond);
     const figures = generationFigures(mode, t, runs, pairedRatios(tps, decodeTps));
     const draft = drafts.get(mode);
-    if (draft) Object.assign(figures, await predictions(t, draft, figures, stepMs, o.repeats));
+    if (draft) Object.assign(figures, await predictions(t, draft, figures, o.repeats));
     modes.push(figures);
   }
 
@@ -211,26 +210,35 @@ function generationFigures(
  * costs (draft step, verification of k + 1 tokens, plain step), `ideal` for an engine where
  * verifying k + 1 tokens costs one step and a draft step the share of sub-layers it keeps (or
  * the draft model's measured cost). measured / predicted shows what the loop itself costs.
+ * The three forwards are timed back to back in each of `repeats` rounds and each round gives a
+ * prediction (the median is reported), so a machine whose speed drifts, as shared VMs do, moves
+ * all three together instead of skewing their ratio.
  */
 async function predictions(
   t: BenchTarget,
   draft: DraftSource,
   f: ModeFigures,
-  stepMs: number,
   repeats: number,
 ): Promise<Pick<ModeFigures, "predictedSpeedup" | "idealSpeedup">> {
   const tokensPerRound = f.tokensPerRound!.median;
   const draftSteps = f.draftStepsPerRound!.median;
   const k = Math.max(1, Math.round(draftSteps));
-  const draftMs = draft.kind === "self"
-    ? await forwardMs(t.model, 1, draft.skip, repeats)
-    : await forwardMs(draft.model, 1, NO_SKIP, repeats);
-  const verifyMs = await forwardMs(t.model, k + 1, NO_SKIP, repeats);
+  const predicted: number[] = [];
+  const draftShare: number[] = [];
+  for (let r = 0; r < repeats; r++) {
+    const stepMs = await forwardMs(t.model, 1, NO_SKIP, 1);
+    const draftMs = draft.kind === "self"
+      ? await forwardMs(t.model, 1, draft.skip, 1)
+      : await forwardMs(draft.model, 1, NO_SKIP, 1);
+    const verifyMs = await forwardMs(t.model, k + 1, NO_SKIP, 1);
+    predicted.push((tokensPerRound * stepMs) / (draftSteps * draftMs + verifyMs));
+    draftShare.push(draftMs / stepMs);
+  }
   const keptShare = draft.kind === "self"
     ? 1 - skipCount(draft.skip) / (2 * t.model.cfg.numLayers)
-    : draftMs / stepMs;
+    : median(draftShare);
   return {
-    predictedSpeedup: (tokensPerRound * stepMs) / (draftSteps * draftMs + verifyMs),
+    predictedSpeedup: median(predicted),
     idealSpeedup: tokensPerRound / (1 + draftSteps * keptShare),
   };
 }

@@ -8,9 +8,10 @@
  * draft sets its state.n = 0, so the remaining recorded steps do nothing), verify_begin (the
  * target's input becomes [x_P, d_1..d_k]), one target forward over those k + 1 tokens, and verify
  * (accept a prefix, emit the target's token, roll back by setting the cache length, update the
- * threshold controller, set up the next round). Up to `roundsPerReadback` rounds, as many as
- * the remaining budget needs at the mean tokens per round, go into one command buffer whose
- * round-log slots come back in one readback. Rounds after the end of generation are no-ops.
+ * threshold controller, set up the next round). As many rounds as the remaining budget needs at
+ * the mean tokens per round, at most 8 in the first command buffer (so text appears soon), then 16,
+ * then 32 (`roundsPerReadback`), go into one command buffer whose round-log slots come back in one
+ * readback. Rounds after the end of generation are no-ops.
  */
 import { InputError } from "../errors.ts";
 import { readBuffer } from "../gpu/buffers.ts";
@@ -55,7 +56,7 @@ export interface SpeculateOptions {
    * per dispatch from the rounds so far (step_cap.ts); "draft-max" records draft-max every round.
    */
   stepCap?: "auto" | "draft-max";
-  /** Most rounds per command buffer (and readback). */
+  /** Most rounds per command buffer (and readback); the first ones hold fewer (see above). */
   roundsPerReadback?: number;
   onTokens?: (ids: number[]) => void;
   shouldStop?: () => boolean;
@@ -95,7 +96,9 @@ export interface SpeculationResult {
 
 export const DEFAULT_DRAFT_MAX = 8;
 export const DEFAULT_TARGET_ACCEPTANCE = 0.9;
-export const DEFAULT_ROUNDS_PER_READBACK = 8;
+/** Rounds in the first command buffer; each later one may hold twice as many as the last. */
+export const FIRST_ROUNDS_PER_READBACK = 8;
+export const DEFAULT_ROUNDS_PER_READBACK = 32;
 
 export function defaultDraftThreshold(sampling: SamplingParams): number {
   return sampling.temperature > 0 ? 0.5 : 0.8;
@@ -293,7 +296,8 @@ export async function speculate(
     const perRound = rounds.length ? tokens.length / rounds.length : 2;
     const wanted = Math.ceil((budget - tokens.length) / perRound);
     const slotsLeft = logCapacity - rounds.length % logCapacity; // slots are not wrapped
-    const batch = Math.max(1, Math.min(maxRounds, wanted, slotsLeft));
+    const limit = Math.min(maxRounds, FIRST_ROUNDS_PER_READBACK * 2 ** readbacks);
+    const batch = Math.max(1, Math.min(limit, wanted, slotsLeft));
     const first = rounds.length;
     const log = await submit(batch);
     const f32 = new Float32Array(log.buffer);
