@@ -225,12 +225,13 @@ async function predictions(
   const k = Math.max(1, Math.round(draftSteps));
   const predicted: number[] = [];
   const draftShare: number[] = [];
+  const passes = 3; // each forward's time: the median of 3 passes
   for (let r = 0; r < repeats; r++) {
-    const stepMs = await forwardMs(t.model, 1, NO_SKIP, 1);
+    const stepMs = await forwardMs(t.model, 1, NO_SKIP, passes);
     const draftMs = draft.kind === "self"
-      ? await forwardMs(t.model, 1, draft.skip, 1)
-      : await forwardMs(draft.model, 1, NO_SKIP, 1);
-    const verifyMs = await forwardMs(t.model, k + 1, NO_SKIP, 1);
+      ? await forwardMs(t.model, 1, draft.skip, passes)
+      : await forwardMs(draft.model, 1, NO_SKIP, passes);
+    const verifyMs = await forwardMs(t.model, k + 1, NO_SKIP, passes);
     predicted.push((tokensPerRound * stepMs) / (draftSteps * draftMs + verifyMs));
     draftShare.push(draftMs / stepMs);
   }
