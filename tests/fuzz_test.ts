@@ -27,6 +27,7 @@ import { WeightLoader } from "../src/model/weights.ts";
 import { mulberry32 } from "../src/tune/bo.ts";
 import { type RunHeader, TrialsLog } from "../src/tune/trials_log.ts";
 import { assertOneLineError, FIXTURE, GEMMA, modelWith, skipspec } from "./helpers/cli.ts";
+import { safetensorsBytes } from "./helpers/safetensors.ts";
 
 type Rng = () => number;
 // deno-lint-ignore no-explicit-any
@@ -480,16 +481,7 @@ async function writeShard(path: string, source: string, base: SafetensorsBase, n
     pieces.push(bytes.subarray(dataStart + begin, dataStart + end));
     offset += end - begin;
   }
-  const json = new TextEncoder().encode(JSON.stringify(header));
-  const out = new Uint8Array(8 + json.length + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(json.length), true);
-  out.set(json, 8);
-  let at = 8 + json.length;
-  for (const p of pieces) {
-    out.set(p, at);
-    at += p.length;
-  }
-  await Deno.writeFile(path, out);
+  await Deno.writeFile(path, safetensorsBytes(header, pieces));
 }
 
 // --- targets ------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import {
   modelWith,
   skipspec,
 } from "./helpers/cli.ts";
+import { safetensorsBytes } from "./helpers/safetensors.ts";
 
 const fixture = (name: string) => new URL(`../fixtures/${name}`, import.meta.url).pathname;
 const LS = fixture("tiny-llama-ls");
@@ -171,14 +172,5 @@ async function truncatedEmbedding(path: string, rows: number): Promise<Uint8Arra
     offset += piece.length;
     pieces.push(piece);
   }
-  const headerBytes = new TextEncoder().encode(JSON.stringify(header));
-  const out = new Uint8Array(8 + headerBytes.length + offset);
-  new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
-  out.set(headerBytes, 8);
-  let at = 8 + headerBytes.length;
-  for (const piece of pieces) {
-    out.set(piece, at);
-    at += piece.length;
-  }
-  return out;
+  return safetensorsBytes(header, pieces);
 }
