@@ -122,7 +122,8 @@ export class Model {
         `context length ${contextLength} is outside 2..${cfg.maxPositions} (max_position_embeddings)`,
       );
     }
-    KvCache.check(cfg, contextLength, gpu.maxBinding); // before any work that scales with it
+    // Before any work that scales with the context: K/V bytes per layer, or the one-line error.
+    const kvLayerBytes = KvCache.check(cfg, contextLength, gpu.maxBinding);
     const maxBatch = Math.min(options.maxBatch ?? 128, contextLength);
     const state = storageBuffer(device, STATE_BYTES, "state");
     const ctx: OpContext = { device, pipelines: new Pipelines(device), state };
@@ -153,7 +154,7 @@ export class Model {
     });
     const oom = await device.popErrorScope();
     if (oom) {
-      const kvBytes = 2 * cfg.numLayers * contextLength * cfg.numKvHeads * cfg.headDim * 4;
+      const kvBytes = 2 * cfg.numLayers * kvLayerBytes;
       throw new GpuError(
         `the GPU ran out of memory loading ${dir} (${total} bytes of weights, ${kvBytes} of K/V ` +
           `for a context of ${contextLength}; try a smaller --context): ${oom.message}`,
