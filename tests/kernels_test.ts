@@ -6,7 +6,7 @@
  * expected region fail too; inputs the kernels must not read hold NaN.
  */
 import assert from "node:assert/strict";
-import { readF32, storageBuffer } from "../src/gpu/buffers.ts";
+import { readF32, readU32, storageBuffer } from "../src/gpu/buffers.ts";
 import { openGpu } from "../src/gpu/device.ts";
 import {
   addRmsnormOp,
@@ -19,6 +19,8 @@ import {
   type OpContext,
   Recorder,
   STATE_BYTES,
+  STREAM_READ_RUN,
+  streamReadOp,
   type WeightDType,
 } from "../src/gpu/ops.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
@@ -811,6 +813,40 @@ Deno.test("add_rmsnorm with odd widths and token counts matches the CPU referenc
       assertClose(await readF32(device, h, h0.length), want, TOL, label, width);
     });
   }
+});
+
+// --- stream_read -----------------------------------------------------------------------------
+
+Deno.test("stream_read XORs each invocation's run of words like the CPU reference, partial runs too", async () => {
+  // Whole runs; a partial last run (not a multiple of 4 vec4s either); more invocations than one
+  // workgroup; reading a prefix of a longer buffer (the words past it must not count).
+  for (
+    const [vec4s, extra] of [[2 * STREAM_READ_RUN, 0], [3 * STREAM_READ_RUN + 7, 0], [1, 5], [
+      70 * STREAM_READ_RUN - 3,
+      9,
+    ]]
+  ) {
+    const label = `stream_read ${JSON.stringify({ vec4s, extra })}`;
+    const rng = ref.mulberry32(ref.seedFrom(label));
+    const words = ref.randomU32(rng, (vec4s + extra) * 4, 2 ** 32);
+    await withBuffers(async (b) => {
+      const src = b.upload(words, "src");
+      const want = ref.streamReadRef(words.subarray(0, vec4s * 4), STREAM_READ_RUN);
+      const out = b.upload(ref.randomU32(rng, want.length + 1, 2 ** 32), "out");
+      const before = await readU32(device, out, want.length + 1);
+      const op = streamReadOp(ctx, { src, bytes: vec4s * 16, out });
+      assert.equal(op.invocations, want.length);
+      const enc = device.createCommandEncoder();
+      const rec = new Recorder(enc.beginComputePass());
+      op.record(rec);
+      rec.pass.end();
+      device.queue.submit([enc.finish()]);
+      const got = await readU32(device, out, want.length + 1);
+      assert.deepEqual([...got.subarray(0, want.length)], [...want], label);
+      assert.equal(got[want.length], before[want.length], `${label}: wrote past its invocations`);
+    });
+  }
+  assert.throws(() => streamReadOp(ctx, { src: ctx.state, bytes: 12, out: ctx.state }), RangeError);
 });
 
 // --- the test helpers themselves -------------------------------------------------------------

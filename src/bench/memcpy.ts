@@ -1,37 +1,71 @@
 /**
- * `bench --memcpy`: the rate of a plain GPU buffer-to-buffer copy, the ceiling to compare decode's
- * weight-read rate with. Timed as (k copies - 1 copy) / (k - 1) of wall-clock around
- * onSubmittedWorkDone, so the fixed submission and wait costs cancel out.
+ * `bench --memcpy`: the two ceilings to compare decode's weight-read rate with, in bytes per
+ * second: a plain GPU buffer-to-buffer copy (done by the driver), and the fastest a kernel streams
+ * bytes out of a storage buffer (kernels/stream_read.wgsl), which is what decode's kernels do.
+ * Each is timed as (k passes - 1 pass) / (k - 1) of wall-clock around onSubmittedWorkDone, so the
+ * fixed submission and wait costs cancel out.
  */
 import type { Gpu } from "../gpu/device.ts";
+import { type OpContext, Recorder, STATE_BYTES, streamReadOp } from "../gpu/ops.ts";
+import { Pipelines } from "../gpu/shader.ts";
+import type { Ceiling } from "./report.ts";
 import { summarize, type Summary } from "./stats.ts";
 
 const COPIES = 9;
 
-export async function measureMemcpy(
-  gpu: Gpu,
+/** Median-of-`repeats` GB/s of `pass` over `bytes`, from (COPIES passes - 1) / (COPIES - 1). */
+async function rate(
+  device: GPUDevice,
+  bytes: number,
   repeats: number,
-): Promise<{ bytes: number; gbPerSecond: Summary }> {
-  const { device } = gpu;
-  const bytes = Math.min(256 << 20, Math.floor(gpu.maxBufferSize / 4) * 4);
-  const usage = GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST | GPUBufferUsage.STORAGE;
-  const src = device.createBuffer({ size: bytes, usage, label: "memcpy src" });
-  const dst = device.createBuffer({ size: bytes, usage, label: "memcpy dst" });
-  const timed = async (copies: number) => {
+  pass: (encoder: GPUCommandEncoder, times: number) => void,
+): Promise<Summary> {
+  const timed = async (times: number) => {
     const encoder = device.createCommandEncoder();
-    for (let i = 0; i < copies; i++) encoder.copyBufferToBuffer(src, 0, dst, 0, bytes);
+    pass(encoder, times);
     const start = performance.now();
     device.queue.submit([encoder.finish()]);
     await device.queue.onSubmittedWorkDone();
     return performance.now() - start;
   };
-  await timed(1); // first touch of the pages
+  await timed(1); // first touch of the pages, pipeline compiles
   const rates = [];
   for (let r = 0; r < repeats; r++) {
     const ms = ((await timed(COPIES)) - (await timed(1))) / (COPIES - 1);
     rates.push(bytes / Math.max(ms, 1e-3) / 1e6);
   }
+  return summarize(rates);
+}
+
+/** The storage-read ceiling: stream_read over a buffer as large as one storage binding allows. */
+export async function measureStorageRead(gpu: Gpu, repeats: number): Promise<Ceiling> {
+  const { device } = gpu;
+  const bytes = Math.floor(Math.min(128 << 20, gpu.maxBinding, gpu.maxBufferSize) / 16) * 16;
+  const usage = GPUBufferUsage.STORAGE;
+  const src = device.createBuffer({ size: bytes, usage, label: "stream_read src" });
+  const out = device.createBuffer({ size: Math.ceil(bytes / 16) * 4, usage, label: "out" });
+  const state = device.createBuffer({ size: STATE_BYTES, usage, label: "state" });
+  const ctx: OpContext = { device, pipelines: new Pipelines(device), state };
+  const op = streamReadOp(ctx, { src, bytes, out });
+  const gbPerSecond = await rate(device, bytes, repeats, (encoder, times) => {
+    const rec = new Recorder(encoder.beginComputePass());
+    for (let i = 0; i < times; i++) op.record(rec);
+    rec.pass.end();
+  });
+  for (const b of [src, out, state]) b.destroy();
+  return { bytes, gbPerSecond };
+}
+
+export async function measureMemcpy(gpu: Gpu, repeats: number): Promise<Ceiling> {
+  const { device } = gpu;
+  const bytes = Math.min(256 << 20, Math.floor(gpu.maxBufferSize / 4) * 4);
+  const usage = GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST | GPUBufferUsage.STORAGE;
+  const src = device.createBuffer({ size: bytes, usage, label: "memcpy src" });
+  const dst = device.createBuffer({ size: bytes, usage, label: "memcpy dst" });
+  const gbPerSecond = await rate(device, bytes, repeats, (encoder, times) => {
+    for (let i = 0; i < times; i++) encoder.copyBufferToBuffer(src, 0, dst, 0, bytes);
+  });
   src.destroy();
   dst.destroy();
-  return { bytes, gbPerSecond: summarize(rates) };
+  return { bytes, gbPerSecond };
 }

@@ -1,10 +1,16 @@
 /**
- * The figures `bench` measures, as written by `--json FILE` (schema "skipspec-bench/1"), and a
+ * The figures `bench` measures, as written by `--json FILE` (schema "skipspec-bench/2"), and a
  * validator that checks a report's structure and the invariants every figure must hold.
  */
 import type { Summary } from "./stats.ts";
 
-export const REPORT_SCHEMA = "skipspec-bench/1";
+export const REPORT_SCHEMA = "skipspec-bench/2";
+
+/** A rate to compare decode's weight reads with: bytes moved per pass, GB/s. */
+export interface Ceiling {
+  bytes: number;
+  gbPerSecond: Summary;
+}
 
 export const MODES = ["prefill", "decode", "speculate", "self-speculate"] as const;
 export type Mode = typeof MODES[number];
@@ -94,8 +100,10 @@ export interface BenchReport {
     prefillTokens: number;
     modes: Mode[];
   };
-  /** A plain GPU buffer copy: bytes copied per second. */
-  memcpy: { bytes: number; gbPerSecond: Summary } | null;
+  /** `--memcpy`: a plain GPU buffer copy, bytes copied per second. */
+  memcpy: Ceiling | null;
+  /** `--memcpy`: a kernel streaming a storage buffer (the fastest decode's reads can be). */
+  storageRead: Ceiling | null;
   models: ModelFigures[];
 }
 
@@ -121,10 +129,14 @@ export function validateReport(report: unknown): asserts report is BenchReport {
     positive(s[k], `settings.${k}`);
   }
   array(s.modes, "settings.modes").forEach((mode, i) => oneOf(mode, MODES, `settings.modes[${i}]`));
-  if (r.memcpy !== null) {
-    const c = object(r.memcpy, "memcpy");
-    positive(c.bytes, "memcpy.bytes");
-    summary(c.gbPerSecond, "memcpy.gbPerSecond");
+  for (const key of ["memcpy", "storageRead"]) {
+    if (r[key] === null) continue;
+    const c = object(r[key], key);
+    positive(c.bytes, `${key}.bytes`);
+    summary(c.gbPerSecond, `${key}.gbPerSecond`);
+  }
+  if ((r.memcpy === null) !== (r.storageRead === null)) {
+    fail("storageRead", "is measured with memcpy (both or neither)");
   }
   array(r.models, "models").forEach((model, i) => validateModel(model, `models[${i}]`));
 }

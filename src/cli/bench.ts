@@ -8,7 +8,7 @@
 import { fileURLToPath } from "node:url";
 import { benchModel, type BenchTarget } from "../bench/measure.ts";
 import { machineInfo } from "../bench/machine.ts";
-import { measureMemcpy } from "../bench/memcpy.ts";
+import { measureMemcpy, measureStorageRead } from "../bench/memcpy.ts";
 import { benchPlotSvg } from "../bench/plot.ts";
 import {
   type BenchReport,
@@ -89,7 +89,8 @@ const FLAGS = {
   },
   "memcpy": {
     type: "boolean",
-    help: "also measure a plain GPU buffer copy (GB/s), the ceiling for decode's weight reads",
+    help: "also measure the ceilings for decode's weight reads (GB/s): a plain GPU buffer copy, " +
+      "and a kernel streaming a storage buffer",
     default: false,
   },
   "json": {
@@ -145,11 +146,14 @@ export async function runBench(argv: string[]): Promise<number> {
     machine: machineInfo(gpu),
     settings: { ...settings, prompts: synthetic ? settings.prompts : promptTexts.length },
     memcpy: null,
+    storageRead: null,
     models: [],
   };
   if (flags.memcpy) {
     out.say("bench: memcpy ...");
     report.memcpy = await measureMemcpy(gpu, settings.repeats);
+    out.say("bench: storage reads ...");
+    report.storageRead = await measureStorageRead(gpu, settings.repeats);
   }
   for (const [i, name] of models.entries()) {
     const step = `bench [${i + 1}/${models.length}] ${name.split("/").pop()}`;
@@ -284,6 +288,13 @@ export function formatReport(r: BenchReport): string {
     }), ${m.cpus} CPUs, Deno ${m.deno}`,
   );
   if (r.memcpy) lines.push(`memcpy: ${range(r.memcpy.gbPerSecond, 2)} GB/s (buffer copy)`);
+  if (r.memcpy && r.storageRead) {
+    const ratio = r.storageRead.gbPerSecond.median / r.memcpy.gbPerSecond.median;
+    lines.push(
+      `storage reads: ${range(r.storageRead.gbPerSecond, 2)} GB/s (${ratio.toFixed(2)}x copy; ` +
+        `a kernel that only streams a storage buffer, as decode's kernels stream weights)`,
+    );
+  }
   for (const model of r.models) {
     lines.push("", modelTitle(model));
     lines.push(...table(
@@ -302,7 +313,9 @@ export function formatReport(r: BenchReport): string {
         "predicted",
         "ideal",
       ],
-      model.modes.map((f) => modeRow(f, r.memcpy?.gbPerSecond.median)),
+      model.modes.map((f) =>
+        modeRow(f, r.memcpy?.gbPerSecond.median, r.storageRead?.gbPerSecond.median)
+      ),
     ));
     lines.push(`forward(8) / forward(1): ${range(model.forward8OverForward1, 2)}`);
     if (model.modes.some((f) => !f.meaningful)) {
@@ -336,10 +349,15 @@ function modelTitle(m: ModelFigures): string {
     `${m.promptTokens} prompt tokens`;
 }
 
-function modeRow(f: ModeFigures, memcpyGBps?: number): string[] {
+function modeRow(f: ModeFigures, memcpyGBps?: number, readsGBps?: number): string[] {
   const fixed = (s: Summary | null, d = 2) => s === null ? "-" : s.median.toFixed(d);
-  const gb = f.weightGBPerSecond === null ? "-" : f.weightGBPerSecond.median.toFixed(2) +
-    (memcpyGBps ? ` (${(f.weightGBPerSecond.median / memcpyGBps).toFixed(2)}x copy)` : "");
+  const of = (gbps: number) =>
+    memcpyGBps && readsGBps
+      ? ` (${(gbps / memcpyGBps).toFixed(2)}x copy, ${(gbps / readsGBps).toFixed(2)}x reads)`
+      : "";
+  const gb = f.weightGBPerSecond === null
+    ? "-"
+    : f.weightGBPerSecond.median.toFixed(2) + of(f.weightGBPerSecond.median);
   const note = f.meaningful ? "" : "*";
   return [
     f.mode,

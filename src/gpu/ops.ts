@@ -398,3 +398,32 @@ export function sampleOp(
   ]).get({ LOGITS_VEC4: a.vocab % 4 === 0 }); // vec4 loads of the logits (logits_processing.wgsl)
   return { record: (rec) => rec.dispatch(pipeline, group, 1) };
 }
+
+/** vec4s each invocation of stream_read.wgsl reads (4 KiB). */
+export const STREAM_READ_RUN = 256;
+
+/**
+ * `bench --memcpy`'s storage-read ceiling: out[i] = XOR of the words of vec4s i * RUN .. of `src`
+ * (its first `bytes`, a multiple of 16). See kernels/stream_read.wgsl.
+ */
+export function streamReadOp(
+  ctx: OpContext,
+  a: { src: GPUBuffer; bytes: number; out: GPUBuffer },
+): { record(rec: Recorder): void; invocations: number } {
+  if (a.bytes % 16 !== 0 || a.bytes <= 0) throw new RangeError(`stream_read: ${a.bytes} bytes`);
+  const vec4s = a.bytes / 16;
+  const invocations = Math.ceil(vec4s / STREAM_READ_RUN);
+  if (a.out.size < invocations * 4) throw new RangeError("stream_read: out is too small");
+  const params = uniformBuffer(ctx.device, [["u32", vec4s]], "stream_read");
+  const [pipeline, group] = new Bound(ctx, "stream_read", [
+    params,
+    { buffer: a.src, size: a.bytes },
+    a.out,
+  ]).get({ RUN: STREAM_READ_RUN });
+  const groups = Math.ceil(invocations / 64);
+  const x = Math.min(groups, MAX_GROUPS_X);
+  return {
+    invocations,
+    record: (rec) => rec.dispatch(pipeline, group, x, Math.ceil(groups / x)),
+  };
+}

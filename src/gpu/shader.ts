@@ -13,6 +13,7 @@ import matmul from "../../kernels/matmul.wgsl" with { type: "text" };
 import sample from "../../kernels/sample.wgsl" with { type: "text" };
 import speculation from "../../kernels/speculation.wgsl" with { type: "text" };
 import state from "../../kernels/state.wgsl" with { type: "text" };
+import streamRead from "../../kernels/stream_read.wgsl" with { type: "text" };
 import verify from "../../kernels/verify.wgsl" with { type: "text" };
 import verifyBegin from "../../kernels/verify_begin.wgsl" with { type: "text" };
 import weightDtype from "../../kernels/weight_dtype.wgsl" with { type: "text" };
@@ -27,6 +28,7 @@ const SOURCES: Record<string, string> = {
   "sample.wgsl": sample,
   "speculation.wgsl": speculation,
   "state.wgsl": state,
+  "stream_read.wgsl": streamRead,
   "verify.wgsl": verify,
   "verify_begin.wgsl": verifyBegin,
   "weight_dtype.wgsl": weightDtype,
@@ -39,6 +41,7 @@ export type KernelName =
   | "embed"
   | "matmul"
   | "sample"
+  | "stream_read"
   | "verify"
   | "verify_begin";
 /** Flags (true: defined) and numeric constants (emitted as `const NAME: u32`). */

@@ -380,3 +380,11 @@ export function addRmsnormRef(
   }
   return out;
 }
+
+/** stream_read.wgsl: per run of `run` vec4s (4 words each), the XOR of its words. */
+export function streamReadRef(words: Uint32Array, run: number): Uint32Array<ArrayBuffer> {
+  const runWords = run * 4;
+  const out = new Uint32Array(Math.ceil(words.length / runWords));
+  for (let i = 0; i < words.length; i++) out[Math.floor(i / runWords)] ^= words[i];
+  return out;
+}
