@@ -26,6 +26,8 @@ import {
   type OpContext,
   Recorder,
   STATE_BYTES,
+  STREAM_READ_RUN,
+  streamReadOp,
   type WeightMatrix,
 } from "../src/gpu/ops.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
@@ -367,3 +369,18 @@ attentionBenches(
   [[1, 1], [2, 1], [2, 4]],
   10,
 );
+
+// --- stream_read (bench --memcpy's storage-read ceiling) ------------------------------------
+
+{
+  const bytes = 64 << 20;
+  const src = storageBuffer(device, bytes, "stream src");
+  const out = storageBuffer(device, bytes / 16, "stream out");
+  const group = "stream_read 64 MiB (4 dispatches)";
+  baseline(group);
+  for (const run of [64, STREAM_READ_RUN, 1024, 4096]) {
+    const op = streamReadOp(ctx, { src, bytes, out, run });
+    const name = `run ${run} vec4s${run === STREAM_READ_RUN ? " (op)" : ""}`;
+    bench(group, name, 0, 1, (r) => op.record(r), 4);
+  }
+}

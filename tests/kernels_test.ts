@@ -847,6 +847,10 @@ Deno.test("stream_read XORs each invocation's run of words like the CPU referenc
     });
   }
   assert.throws(() => streamReadOp(ctx, { src: ctx.state, bytes: 12, out: ctx.state }), RangeError);
+  assert.throws(
+    () => streamReadOp(ctx, { src: ctx.state, bytes: 16, out: ctx.state, run: 6 }),
+    RangeError,
+  );
 });
 
 // --- the test helpers themselves -------------------------------------------------------------

@@ -399,27 +399,29 @@ export function sampleOp(
   return { record: (rec) => rec.dispatch(pipeline, group, 1) };
 }
 
-/** vec4s each invocation of stream_read.wgsl reads (4 KiB). */
+/** vec4s each invocation of stream_read.wgsl reads (4 KiB; bench/kernels_bench.ts compares). */
 export const STREAM_READ_RUN = 256;
 
 /**
  * `bench --memcpy`'s storage-read ceiling: out[i] = XOR of the words of vec4s i * RUN .. of `src`
- * (its first `bytes`, a multiple of 16). See kernels/stream_read.wgsl.
+ * (its first `bytes`, a multiple of 16); `run`: vec4s per invocation. See kernels/stream_read.wgsl.
  */
 export function streamReadOp(
   ctx: OpContext,
-  a: { src: GPUBuffer; bytes: number; out: GPUBuffer },
+  a: { src: GPUBuffer; bytes: number; out: GPUBuffer; run?: number },
 ): { record(rec: Recorder): void; invocations: number } {
+  const run = a.run ?? STREAM_READ_RUN;
   if (a.bytes % 16 !== 0 || a.bytes <= 0) throw new RangeError(`stream_read: ${a.bytes} bytes`);
+  if (run % 4 !== 0 || run <= 0) throw new RangeError(`stream_read: runs of ${run} vec4s`);
   const vec4s = a.bytes / 16;
-  const invocations = Math.ceil(vec4s / STREAM_READ_RUN);
+  const invocations = Math.ceil(vec4s / run);
   if (a.out.size < invocations * 4) throw new RangeError("stream_read: out is too small");
   const params = uniformBuffer(ctx.device, [["u32", vec4s]], "stream_read");
   const [pipeline, group] = new Bound(ctx, "stream_read", [
     params,
     { buffer: a.src, size: a.bytes },
     a.out,
-  ]).get({ RUN: STREAM_READ_RUN });
+  ]).get({ RUN: run });
   const groups = Math.ceil(invocations / 64);
   const x = Math.min(groups, MAX_GROUPS_X);
   return {
