@@ -159,7 +159,7 @@ function matmulBenches(
     for (const n of [1, 2, 4, 8]) {
       const group = `${prefix} matmul ${s.name} ${s.rows}x${s.cols} n=${n} (${reps} dispatches)`;
       baseline(group);
-      const chosen = matmulGeometry(s.rows, n);
+      const chosen = matmulGeometry(s.rows, n, { glu, cols: s.cols });
       opBench(group, `op (R=${chosen.rows} T=${chosen.tokens} WG=${chosen.wg})`, op(), 40, n, reps);
       for (const v of variants) {
         // Token variants only where they differ from the op's choice for this n.

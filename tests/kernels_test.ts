@@ -13,7 +13,9 @@ import {
   attentionOp,
   embedOp,
   type Epilogue,
+  GLU_WIDE_COLS,
   type MatmulGeometry,
+  matmulGeometry,
   matmulOp,
   type Op,
   type OpContext,
@@ -331,6 +333,44 @@ Deno.test("every matmul variant (4, 8 and 16 rows; 1, 2, 3, 4 and 8 tokens per i
     },
   );
   for (const c of cases) await checkMatmul(c);
+});
+
+Deno.test("a GLU matmul over 2048 or more columns takes 4 rows per stream, the others 8; the choice matches the CPU reference", async () => {
+  const rowsOf = (epilogue: Epilogue, cols: number, n = 1) => {
+    const w = createMatrix(
+      device,
+      "BF16",
+      64,
+      cols,
+      gpu.maxBinding,
+      "w",
+      epilogue === "add" ? 1 : 2,
+    );
+    const x = storageBuffer(device, 8 * cols * 4, "x", { uniform: true });
+    const y = storageBuffer(device, 8 * 64 * 4, "y");
+    const op = matmulOp(ctx, { w, x, xStride: cols, y, yStride: 64, epilogue });
+    const labels: string[] = [];
+    const rec = Recorder.counting();
+    rec.dispatch = (pipeline) => void labels.push(pipeline.label);
+    op.record(rec, n);
+    for (const b of [...w.chunks.map((c) => c.buffer), x, y]) b.destroy();
+    return Number(labels[0].match(/\["ROWS",(\d+)\]/)![1]);
+  };
+  assert.equal(rowsOf("glu-silu", 2048), 4);
+  assert.equal(rowsOf("glu-gelu", 2304, 3), 4);
+  assert.equal(rowsOf("glu-silu", 1024), 8);
+  assert.equal(rowsOf("add", 2048), 8);
+  assert.equal(matmulGeometry(8192, 1, { glu: true, cols: GLU_WIDE_COLS }).rows, 4);
+  assert.equal(matmulGeometry(8192, 8, { glu: true, cols: GLU_WIDE_COLS - 8 }).rows, 8);
+  await checkMatmul({
+    dtype: "BF16",
+    epilogue: "glu-silu",
+    rows: 37,
+    cols: 2048,
+    n: 2,
+    norm: true,
+  });
+  await checkMatmul({ dtype: "F16", epilogue: "glu-gelu", rows: 21, cols: 2056, n: 6 });
 });
 
 Deno.test("matmul reads x through a uniform binding exactly when the forward's rows of x fit in 64 KiB; both paths match the CPU reference", async () => {

@@ -99,20 +99,32 @@ export interface MatmulGeometry {
 }
 
 /**
- * matmul.wgsl's register blocking for a chunk of `rows` output rows and a forward of `tokens`
- * tokens: rows and tokens per invocation, and invocations per workgroup. More rows per invocation
- * amortise the x loads, more tokens the weight loads: up to 4 tokens take the exact variant, more
- * take blocks of 8 (5..7 in one block, the unused columns computed on a copy of the last token and
- * not written). 8 rows per invocation (per stream: a GLU reads 8 gate and 8 up rows) were best on
- * the 1B shapes, whose weights stream from memory; 16 gained at most ~10% on the fixtures' cached
- * ones, and only for n > 1 (bench/kernels_bench.ts). lavapipe runs on one thread
+ * matmul.wgsl's register blocking for a chunk of `rows` output rows (per stream: a GLU chunk
+ * stacks as many gate and up rows) of `cols` columns and a forward of `tokens` tokens: rows and
+ * tokens per invocation, and invocations per workgroup. More rows per invocation amortise the x
+ * loads, more tokens the weight loads: up to 4 tokens take the exact variant, more take blocks of 8
+ * (5..7 in one block, the unused columns computed on a copy of the last token and not written).
+ * 8 rows per invocation were best on the 1B shapes' projections, whose weights stream from memory;
+ * 16 gained at most ~10% on the fixtures' cached ones, and only for n > 1. A GLU invocation reads
+ * 2 x ROWS rows: on rows of 2048 columns or more, 4 rows per stream (8 row streams, as the other
+ * projections) ran the gate/up matmul 1.4-1.6x faster at 1 token than 8 per stream (Llama-3.2-1B
+ * and TinyLlama shapes, paired GPU timestamps; 1.1-1.2x at 2-4 tokens, equal at 8; Gemma-2-2B's
+ * 2304 columns ~1.05x), while up to 1024 columns (the fixtures' 128, 576..1024-wide models) 8 per
+ * stream stayed equal or ~5% ahead (bench/kernels_bench.ts). lavapipe runs on one thread
  * (src/gpu/device.ts), so a chunk of few rows is one workgroup.
  */
-export function matmulGeometry(rows: number, tokens: number): MatmulGeometry {
-  const perInvocation = 8;
+export function matmulGeometry(
+  rows: number,
+  tokens: number,
+  shape: { glu: boolean; cols: number } = { glu: false, cols: 0 },
+): MatmulGeometry {
+  const perInvocation = shape.glu && shape.cols >= GLU_WIDE_COLS ? 4 : 8;
   const wg = Math.ceil(rows / (perInvocation * 8)) >= 64 ? 64 : 8;
   return { rows: perInvocation, tokens: tokens <= 4 ? tokens : 8, wg };
 }
+
+/** Columns from which a GLU matmul takes 4 rows per stream (see matmulGeometry). */
+export const GLU_WIDE_COLS = 2048;
 
 /** matmul.wgsl's defines for a geometry: the numbers, and the flags its `#if`s test. */
 export function matmulDefines(g: MatmulGeometry): Defines {
@@ -209,6 +221,7 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
   if (a.epilogue === "rope-kv") checkRope(a);
   // rope-kv pairs each group of 4 rows with its rotation partners: 8 rows per invocation.
   const geometry = a.epilogue === "rope-kv" ? { ...a.geometry, rows: 8 } : a.geometry;
+  const glu = a.epilogue.startsWith("glu");
   const base: Defines = { ...dtypeDefine(a.w.dtype), ...epilogue, NORM: a.norm !== undefined };
   // x goes through a uniform binding when the rows a forward reads fit in it (see matmul.wgsl).
   const xUniformBytes = uniformBytesOf(ctx, a.x);
@@ -250,7 +263,7 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
       const uniform = xFits(n); // lastOnly reads row n - 1
       for (const part of parts) {
         const g = {
-          ...matmulGeometry(part.rows, tokens),
+          ...matmulGeometry(part.rows, tokens, { glu, cols: a.w.cols }),
           ...geometry,
         };
         const defines = { ...base, ...matmulDefines(g) };
