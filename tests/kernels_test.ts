@@ -162,6 +162,17 @@ interface MatmulCase {
   recordN?: number;
   /** A variant other than the op's choice (rows / tokens per invocation, workgroup size). */
   geometry?: Partial<MatmulGeometry>;
+  /** The norm gain in a buffer without UNIFORM usage (read through its storage binding). */
+  gainStorage?: boolean;
+}
+
+/** A buffer holding `data` that can only be bound as storage. */
+function storageOnly(b: Buffers, data: Float32Array<ArrayBuffer>): GPUBuffer {
+  const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  const buffer = device.createBuffer({ size: data.byteLength, usage, label: "storage only" });
+  device.queue.writeBuffer(buffer, 0, data);
+  b.track({ chunks: [{ buffer }] });
+  return buffer;
 }
 
 async function checkMatmul(c: MatmulCase) {
@@ -205,7 +216,9 @@ async function checkMatmul(c: MatmulCase) {
       y,
       yStride,
       epilogue: c.epilogue,
-      norm: c.norm ? { gain: b.upload(gain, "gain"), eps } : undefined,
+      norm: c.norm
+        ? { gain: c.gainStorage ? storageOnly(b, gain) : b.upload(gain, "gain"), eps }
+        : undefined,
       softcap: c.softcap,
       lastOnly: c.lastOnly,
       geometry: c.geometry,
@@ -429,6 +442,57 @@ Deno.test("matmul reads x through a uniform binding exactly when the forward's r
     { dtype: "BF16", epilogue: "store", rows: 67, cols: 2000, n: 9, norm: true },
     { dtype: "F16", epilogue: "add", rows: 37, cols: 2000, n: 8, geometry: { xUniform: false } },
     { dtype: "F32", epilogue: "glu-silu", rows: 37, cols: 2000, n: 6, lastOnly: true },
+  ];
+  for (const c of cases) await checkMatmul(c);
+});
+
+Deno.test("matmul reads the norm gain through a uniform binding when its buffer can be one; both paths match the CPU reference", async () => {
+  const labelsOf = (op: Op) => {
+    const labels: string[] = [];
+    const rec = Recorder.counting();
+    rec.dispatch = (pipeline) => void labels.push(pipeline.label);
+    op.record(rec, 1);
+    return labels;
+  };
+  await withBuffers((b) => {
+    const w = b.track(createMatrix(device, "BF16", 16, 72, gpu.maxBinding, "w"));
+    const x = b.upload(new Float32Array(72), "x");
+    const y = b.upload(new Float32Array(16), "y");
+    const gain = new Float32Array(72);
+    const op = (g: GPUBuffer) =>
+      matmulOp(ctx, {
+        w,
+        x,
+        xStride: 72,
+        y,
+        yStride: 16,
+        epilogue: "store",
+        norm: { gain: g, eps: 1e-5 },
+      });
+    assert.ok(labelsOf(op(b.upload(gain, "gain")))[0].includes('["GAIN_UNIFORM",true]'));
+    assert.ok(!labelsOf(op(storageOnly(b, gain)))[0].includes("GAIN_UNIFORM"));
+  });
+  const cases: MatmulCase[] = [
+    { dtype: "BF16", epilogue: "store", rows: 67, cols: 72, n: 1, norm: true, gainStorage: true },
+    {
+      dtype: "F32",
+      epilogue: "glu-silu",
+      rows: 37,
+      cols: 200,
+      n: 8,
+      norm: true,
+      gainStorage: true,
+    },
+    { dtype: "F16", epilogue: "add", rows: 37, cols: 40, n: 3, norm: true, gainStorage: true },
+    {
+      dtype: "BF16",
+      epilogue: "glu-gelu",
+      rows: 37,
+      cols: 2048,
+      n: 2,
+      norm: true,
+      gainStorage: true,
+    },
   ];
   for (const c of cases) await checkMatmul(c);
 });
@@ -675,6 +739,8 @@ interface AttentionCase {
   recordN?: number;
   /** A variant other than the op's choice (rows / tokens per invocation, workgroup size). */
   geometry?: Partial<MatmulGeometry>;
+  /** The norm gain in a buffer without UNIFORM usage (read through its storage binding). */
+  gainStorage?: boolean;
 }
 
 /**

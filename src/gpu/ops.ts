@@ -199,10 +199,10 @@ function checkRope(a: MatmulArgs): void {
   }
 }
 
-/** The largest uniform binding of x: WebGPU's default maxUniformBufferBindingSize (64 KiB). */
+/** The largest uniform binding: WebGPU's default maxUniformBufferBindingSize (64 KiB). */
 const X_UNIFORM_BYTES = 65536;
 
-/** Bytes of `x` a uniform binding can hold (0: none; the buffer lacks UNIFORM usage). */
+/** Bytes of `x` (or a gain) a uniform binding can hold (0: none; the buffer lacks UNIFORM usage). */
 function uniformBytesOf(ctx: OpContext, x: GPUBuffer): number {
   if (!(x.usage & GPUBufferUsage.UNIFORM)) return 0;
   const limit = Math.min(X_UNIFORM_BYTES, ctx.device.limits.maxUniformBufferBindingSize);
@@ -223,8 +223,12 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
   const geometry = a.epilogue === "rope-kv" ? { ...a.geometry, rows: 8 } : a.geometry;
   const glu = a.epilogue.startsWith("glu");
   const base: Defines = { ...dtypeDefine(a.w.dtype), ...epilogue, NORM: a.norm !== undefined };
-  // x goes through a uniform binding when the rows a forward reads fit in it (see matmul.wgsl).
+  // x goes through a uniform binding when the rows a forward reads fit in it, and the norm gain
+  // when its buffer can be one (see matmul.wgsl).
   const xUniformBytes = uniformBytesOf(ctx, a.x);
+  const gainBytes = a.w.cols * 4;
+  const gainUniform = a.norm !== undefined && uniformBytesOf(ctx, a.norm.gain) >= gainBytes;
+  if (gainUniform) Object.assign(base, { GAIN_UNIFORM: true, GAIN_VEC4S: gainBytes / 16 });
   const parts = a.w.chunks.map((chunk) => {
     const fields: Field[] = [
       ["u32", chunk.rows],
@@ -247,7 +251,9 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
       a.x,
       a.y,
     ];
-    if (a.norm) resources.push(a.norm.gain);
+    if (a.norm) {
+      resources.push(gainUniform ? { buffer: a.norm.gain, size: gainBytes } : a.norm.gain);
+    }
     if (a.rope) resources.push(a.rope.cosSin, a.rope.k, a.rope.v);
     const throughUniform = resources.with(3, { buffer: a.x, size: xUniformBytes });
     return {

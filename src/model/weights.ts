@@ -192,7 +192,8 @@ export class WeightLoader {
 
   async vector(name: string, length: number, add = 0): Promise<GPUBuffer> {
     const values = await this.vectorF32(name, length, add);
-    const buffer = storageBuffer(this.device, align4(values.byteLength), name);
+    // Also a uniform: matmul reads norm gains through a uniform binding (kernels/matmul.wgsl).
+    const buffer = storageBuffer(this.device, align4(values.byteLength), name, { uniform: true });
     this.device.queue.writeBuffer(buffer, 0, values);
     return buffer;
   }
