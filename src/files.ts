@@ -66,9 +66,18 @@ export function fileError(e: unknown, label: string, Err: ErrorClass): unknown {
   // Deno.errors classes, and the plain Errors with an OS error code (ENAMETOOLONG, ELOOP, ...).
   const os = e instanceof Error && typeof (e as { code?: unknown }).code === "string";
   if (os || Object.values(Deno.errors).some((C) => e instanceof C)) {
-    return new Err(`${name}: cannot read (${detail(e)})`);
+    return new Err(`${name}: cannot read (${detail(withoutCallSuffix(e as Error))})`);
   }
   return e;
+}
+
+/**
+ * The OS error without the ": <call> '<path>'" that Deno appends to some of them (to a readFile's
+ * only under some permission flags): the message names the file already, so it stays one short
+ * line, the same however Deno runs.
+ */
+function withoutCallSuffix(e: Error): string {
+  return e.message.replace(/: [a-z_]+ '.*'$/s, "");
 }
 
 /** Rejects what is not a regular file (a directory, a device, a pipe). */

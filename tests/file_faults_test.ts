@@ -3,7 +3,10 @@
  * where a file belongs, an unreadable file. Each is one line that names the file, with exit 3 for
  * the model's files (5 for a skip-set file), and no stack trace.
  */
+import assert from "node:assert/strict";
 import { join } from "node:path";
+import { ModelError } from "../src/errors.ts";
+import { fileError, readBytes } from "../src/files.ts";
 import { assertOneLineError, FIXTURE, modelWith, type Run, skipspec } from "./helpers/cli.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -133,4 +136,22 @@ Deno.test({
       });
     }
   },
+});
+
+Deno.test("an OS error names the file once: Deno's appended \": <call> '<path>'\" is dropped, whatever the permission flags", async () => {
+  const dir = await Deno.makeTempDir();
+  const long = join(dir, "x".repeat(300));
+  const want = /^.*x\.\.\.x+: cannot read \(File name too long \(os error 36\)\)$/;
+  // Deno appends the call and path to a stat's error always, to a readFile's only under some flags.
+  await assert.rejects(() => readBytes(long, ModelError), (e: Error) => want.test(e.message));
+  const appended = Object.assign(
+    new Error(`File name too long (os error 36): readfile '${long}'`),
+    {
+      code: "ENAMETOOLONG",
+    },
+  );
+  const error = fileError(appended, long, ModelError) as Error;
+  assert.ok(error instanceof ModelError);
+  assert.match(error.message, want);
+  await Deno.remove(dir);
 });
