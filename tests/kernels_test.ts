@@ -135,6 +135,15 @@ function run(op: Op | Op[], pos: number, n: number, recordN = n): number {
   return rec.dispatches;
 }
 
+/** The labels (kernel and defines) of the pipelines `op` records for `n` tokens; nothing runs. */
+function pipelineLabels(op: Op, n: number): string[] {
+  const labels: string[] = [];
+  const rec = Recorder.counting();
+  rec.dispatch = (pipeline) => void labels.push(pipeline.label);
+  op.record(rec, n);
+  return labels;
+}
+
 /** `values` with NaN at the indices where `hole(i)` (input the kernel must not read). */
 function withHoles(values: Float32Array<ArrayBuffer>, hole: (i: number) => boolean) {
   for (let i = 0; i < values.length; i++) if (hole(i)) values[i] = NaN;
@@ -349,30 +358,20 @@ Deno.test("every matmul variant (4, 8 and 16 rows; 1, 2, 3, 4 and 8 tokens per i
 });
 
 Deno.test("a GLU matmul over 2048 or more columns takes 4 rows per stream, the others 8; the choice matches the CPU reference", async () => {
-  const rowsOf = (epilogue: Epilogue, cols: number, n = 1) => {
-    const w = createMatrix(
-      device,
-      "BF16",
-      64,
-      cols,
-      gpu.maxBinding,
-      "w",
-      epilogue === "add" ? 1 : 2,
-    );
-    const x = storageBuffer(device, 8 * cols * 4, "x", { uniform: true });
-    const y = storageBuffer(device, 8 * 64 * 4, "y");
-    const op = matmulOp(ctx, { w, x, xStride: cols, y, yStride: 64, epilogue });
-    const labels: string[] = [];
-    const rec = Recorder.counting();
-    rec.dispatch = (pipeline) => void labels.push(pipeline.label);
-    op.record(rec, n);
-    for (const b of [...w.chunks.map((c) => c.buffer), x, y]) b.destroy();
-    return Number(labels[0].match(/\["ROWS",(\d+)\]/)![1]);
-  };
-  assert.equal(rowsOf("glu-silu", 2048), 4);
-  assert.equal(rowsOf("glu-gelu", 2304, 3), 4);
-  assert.equal(rowsOf("glu-silu", 1024), 8);
-  assert.equal(rowsOf("add", 2048), 8);
+  await withBuffers((b) => {
+    const rowsOf = (epilogue: Epilogue, cols: number, n = 1) => {
+      const stack = epilogue === "add" ? 1 : 2;
+      const w = b.track(createMatrix(device, "BF16", 64, cols, gpu.maxBinding, "w", stack));
+      const x = b.upload(new Float32Array(8 * cols), "x");
+      const y = b.upload(new Float32Array(8 * 64), "y");
+      const op = matmulOp(ctx, { w, x, xStride: cols, y, yStride: 64, epilogue });
+      return Number(pipelineLabels(op, n)[0].match(/\["ROWS",(\d+)\]/)![1]);
+    };
+    assert.equal(rowsOf("glu-silu", 2048), 4);
+    assert.equal(rowsOf("glu-gelu", 2304, 3), 4);
+    assert.equal(rowsOf("glu-silu", 1024), 8);
+    assert.equal(rowsOf("add", 2048), 8);
+  });
   assert.equal(matmulGeometry(8192, 1, { glu: true, cols: GLU_WIDE_COLS }).rows, 4);
   assert.equal(matmulGeometry(8192, 8, { glu: true, cols: GLU_WIDE_COLS - 8 }).rows, 8);
   await checkMatmul({
@@ -387,18 +386,6 @@ Deno.test("a GLU matmul over 2048 or more columns takes 4 rows per stream, the o
 });
 
 Deno.test("matmul reads x through a uniform binding exactly when the forward's rows of x fit in 64 KiB; both paths match the CPU reference", async () => {
-  // Which pipeline a recording uses, by its defines.
-  const pipelinesOf = (op: Op, n: number) => {
-    const labels: string[] = [];
-    const nothing = () => {};
-    const pass = {
-      setPipeline: (p: GPUComputePipeline) => labels.push(p.label),
-      setBindGroup: nothing,
-      dispatchWorkgroups: nothing,
-    };
-    op.record(new Recorder(pass as unknown as GPUComputePassEncoder), n);
-    return labels;
-  };
   await withBuffers((b) => {
     const w = b.track(createMatrix(device, "BF16", 16, 2000, gpu.maxBinding, "w"));
     const y = b.upload(new Float32Array(16 * 16), "y");
@@ -417,12 +404,12 @@ Deno.test("matmul reads x through a uniform binding exactly when the forward's r
     const uniform = (labels: string[]) => labels.every((l) => l.includes("X_UNIFORM"));
     const storage = (labels: string[]) => labels.every((l) => !l.includes("X_UNIFORM"));
     // 8 rows of 2000 floats = 64,000 bytes fit; 9 do not.
-    assert.ok(uniform(pipelinesOf(op(big), 8)));
-    assert.ok(storage(pipelinesOf(op(big), 9)));
+    assert.ok(uniform(pipelineLabels(op(big), 8)));
+    assert.ok(storage(pipelineLabels(op(big), 9)));
     // The binding cannot be larger than the buffer: 4 rows fit in the small one, 5 would not.
-    assert.ok(uniform(pipelinesOf(op(small), 4)));
-    assert.ok(storage(pipelinesOf(op(small), 5)));
-    assert.ok(storage(pipelinesOf(op(big, false), 1)));
+    assert.ok(uniform(pipelineLabels(op(small), 4)));
+    assert.ok(storage(pipelineLabels(op(small), 5)));
+    assert.ok(storage(pipelineLabels(op(big, false), 1)));
     // A buffer that cannot be a uniform is always read through storage.
     const plain = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE });
     b.track({ chunks: [{ buffer: plain }] });
@@ -434,7 +421,7 @@ Deno.test("matmul reads x through a uniform binding exactly when the forward's r
       yStride: 4,
       epilogue: "store",
     });
-    assert.ok(storage(pipelinesOf(noUniform, 1)));
+    assert.ok(storage(pipelineLabels(noUniform, 1)));
   });
   // Both paths on either side of the boundary (cols 2000: 8 tokens fit, 9 do not).
   const cases: MatmulCase[] = [
@@ -447,13 +434,6 @@ Deno.test("matmul reads x through a uniform binding exactly when the forward's r
 });
 
 Deno.test("matmul reads the norm gain through a uniform binding when its buffer can be one; both paths match the CPU reference", async () => {
-  const labelsOf = (op: Op) => {
-    const labels: string[] = [];
-    const rec = Recorder.counting();
-    rec.dispatch = (pipeline) => void labels.push(pipeline.label);
-    op.record(rec, 1);
-    return labels;
-  };
   await withBuffers((b) => {
     const w = b.track(createMatrix(device, "BF16", 16, 72, gpu.maxBinding, "w"));
     const x = b.upload(new Float32Array(72), "x");
@@ -469,8 +449,8 @@ Deno.test("matmul reads the norm gain through a uniform binding when its buffer 
         epilogue: "store",
         norm: { gain: g, eps: 1e-5 },
       });
-    assert.ok(labelsOf(op(b.upload(gain, "gain")))[0].includes('["GAIN_UNIFORM",true]'));
-    assert.ok(!labelsOf(op(storageOnly(b, gain)))[0].includes("GAIN_UNIFORM"));
+    assert.ok(pipelineLabels(op(b.upload(gain, "gain")), 1)[0].includes('["GAIN_UNIFORM",true]'));
+    assert.ok(!pipelineLabels(op(storageOnly(b, gain)), 1)[0].includes("GAIN_UNIFORM"));
   });
   const cases: MatmulCase[] = [
     { dtype: "BF16", epilogue: "store", rows: 67, cols: 72, n: 1, norm: true, gainStorage: true },

@@ -200,13 +200,13 @@ function checkRope(a: MatmulArgs): void {
 }
 
 /** The largest uniform binding: WebGPU's default maxUniformBufferBindingSize (64 KiB). */
-const X_UNIFORM_BYTES = 65536;
+const UNIFORM_BINDING_BYTES = 65536;
 
-/** Bytes of `x` (or a gain) a uniform binding can hold (0: none; the buffer lacks UNIFORM usage). */
-function uniformBytesOf(ctx: OpContext, x: GPUBuffer): number {
-  if (!(x.usage & GPUBufferUsage.UNIFORM)) return 0;
-  const limit = Math.min(X_UNIFORM_BYTES, ctx.device.limits.maxUniformBufferBindingSize);
-  return Math.floor(Math.min(limit, x.size) / 16) * 16;
+/** Bytes of `buffer` a uniform binding can hold (0: none; the buffer lacks UNIFORM usage). */
+function uniformBytesOf(ctx: OpContext, buffer: GPUBuffer): number {
+  if (!(buffer.usage & GPUBufferUsage.UNIFORM)) return 0;
+  const limit = Math.min(UNIFORM_BINDING_BYTES, ctx.device.limits.maxUniformBufferBindingSize);
+  return Math.floor(Math.min(limit, buffer.size) / 16) * 16;
 }
 
 /** y = epilogue(W · x'), x' = x or rmsnorm(x) * gain. See kernels/matmul.wgsl. */
