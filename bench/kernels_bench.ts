@@ -64,7 +64,7 @@ function f32Buffer(count: number, a = 1, label = "data"): GPUBuffer {
 
 /** A bf16 matrix (rows x cols), `stack` matrices per chunk (2: gate and up). */
 function bf16Matrix(rows: number, cols: number, stack = 1): WeightMatrix {
-  const m = createMatrix(device, "BF16", rows, cols, gpu.maxBinding, "w", stack);
+  const m = createMatrix(device, "BF16", rows, cols, "w", { stack });
   const bits = new Uint16Array(rows * cols);
   const f = values(rows * cols, 2 / Math.sqrt(cols));
   const u = new Uint32Array(f.buffer);
@@ -370,7 +370,7 @@ attentionBenches(
   10,
 );
 
-// --- stream_read (bench --memcpy's storage-read ceiling) ------------------------------------
+// --- stream_read (bench --memcpy's weight-read ceiling): storage buffer or texture ----------
 
 {
   const bytes = 64 << 20;
@@ -380,7 +380,22 @@ attentionBenches(
   baseline(group);
   for (const run of [64, STREAM_READ_RUN, 1024, 4096]) {
     const op = streamReadOp(ctx, { src, bytes, out, run });
-    const name = `run ${run} vec4s${run === STREAM_READ_RUN ? " (op)" : ""}`;
-    bench(group, name, 0, 1, (r) => op.record(r), 4);
+    bench(group, `storage, run ${run} vec4s`, 0, 1, (r) => op.record(r), 4);
   }
+  // As weights are held (src/gpu/ops.ts WeightMatrix): rows of texels, one run per row.
+  const rows = Math.min(device.limits.maxTextureDimension2D, bytes / (STREAM_READ_RUN * 16));
+  const texture = device.createTexture({
+    size: [STREAM_READ_RUN, rows],
+    format: "rgba32uint",
+    usage: GPUTextureUsage.TEXTURE_BINDING,
+  });
+  const op = streamReadOp(ctx, { src: texture, bytes: rows * STREAM_READ_RUN * 16, out });
+  bench(
+    group,
+    `texture, run ${STREAM_READ_RUN} vec4s (bench --memcpy)`,
+    0,
+    1,
+    (r) => op.record(r),
+    4,
+  );
 }

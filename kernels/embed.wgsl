@@ -1,6 +1,6 @@
 // Embedding lookup: h[t, :] = E[ids[t], :] * scale, for the token ids of this forward.
-// Large tables are split by rows across bindings; one dispatch per chunk, each writes only the
-// tokens whose id falls in its rows.
+// Large tables are split by rows across textures (src/gpu/ops.ts WeightMatrix); one dispatch per
+// chunk, each writes only the tokens whose id falls in its rows.
 #include "weight_dtype.wgsl"
 
 struct Params {
@@ -12,7 +12,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;            // (T)
-@group(0) @binding(2) var<storage, read> table: array<WeightWord>;   // (rows, C) this chunk
+@group(0) @binding(2) var table: texture_2d<u32>;                   // (rows, C) this chunk, a word a texel
 @group(0) @binding(3) var<storage, read_write> h: array<f32>;        // (T, C)
 
 @compute @workgroup_size(64)
@@ -23,9 +23,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     return;
   }
   let blocks = params.hidden / 8u;
+  let row = id - params.row_start;
   for (var block = lid.x; block < blocks; block += 64u) {
-    let i = ((id - params.row_start) * blocks + block) * WORDS_PER_BLOCK;
-    let v = decode_block(array<WeightWord, 2>(table[i], table[i + WORDS_PER_BLOCK - 1u]));
+    let v = weight_block(table, row, block * WORDS_PER_BLOCK);
     let out = t * params.hidden + 8u * block;
     for (var k = 0u; k < 4u; k++) {
       h[out + k] = v[0][k] * params.scale;

@@ -153,8 +153,8 @@ Deno.test("bench on a fixture: every mode, a valid report, a plot, a table", asy
     );
   }
   assert.ok(report.memcpy!.gbPerSecond.median > 0);
-  assert.ok(report.storageRead!.gbPerSecond.median > 0);
-  assert.match(stdout, /storage reads: [\d.]+ \([\d.]+-[\d.]+\) GB\/s \([\d.]+x copy/);
+  assert.ok(report.weightRead!.gbPerSecond.median > 0);
+  assert.match(stdout, /weight reads: [\d.]+ \([\d.]+-[\d.]+\) GB\/s \([\d.]+x copy/);
   assert.match(
     stdout,
     /\d+\.\d+ \(\d+\.\d+x copy, \d+\.\d+x reads\)/,
@@ -203,7 +203,7 @@ Deno.test("bench --synthetic: a trimmed real shape, speculation marked as meanin
 Deno.test("report validation rejects broken figures", () => {
   const summary = (v: number) => ({ min: v, median: v, max: v, runs: [v] });
   const valid = (): BenchReport => ({
-    schema: "skipspec-bench/2",
+    schema: "skipspec-bench/3",
     date: new Date(0).toISOString(),
     machine: {
       deno: "2.9.6",
@@ -218,7 +218,7 @@ Deno.test("report validation rejects broken figures", () => {
     },
     settings: { newTokens: 8, repeats: 1, prompts: 1, prefillTokens: 16, modes: ["decode"] },
     memcpy: null,
-    storageRead: null,
+    weightRead: null,
     models: [{
       model: "m",
       synthetic: false,
@@ -264,18 +264,18 @@ Deno.test("report validation rejects broken figures", () => {
     ["missing machine", (r) => delete (r as Partial<BenchReport>).machine],
     ["negative", (r) => (r.models[0].modes[0].dispatchesPerToken = -1)],
     [
-      "storage reads without memcpy",
-      (r) => (r.storageRead = { bytes: 16, gbPerSecond: summary(3) }),
+      "weight reads without memcpy",
+      (r) => (r.weightRead = { bytes: 16, gbPerSecond: summary(3) }),
     ],
-    ["missing storage reads", (r) => delete (r as Partial<BenchReport>).storageRead],
-    ["storage read bytes", (r) => {
+    ["missing weight reads", (r) => delete (r as Partial<BenchReport>).weightRead],
+    ["weight read bytes", (r) => {
       r.memcpy = { bytes: 16, gbPerSecond: summary(8) };
-      r.storageRead = { bytes: 0, gbPerSecond: summary(3) };
+      r.weightRead = { bytes: 0, gbPerSecond: summary(3) };
     }],
   ];
   const ceilings = valid();
   ceilings.memcpy = { bytes: 16, gbPerSecond: summary(8) };
-  ceilings.storageRead = { bytes: 16, gbPerSecond: summary(3) };
+  ceilings.weightRead = { bytes: 16, gbPerSecond: summary(3) };
   validateReport(ceilings);
   for (const [what, breakIt] of broken) {
     const r = valid();

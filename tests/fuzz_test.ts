@@ -456,7 +456,7 @@ function mutateSafetensors(rng: Rng, base: SafetensorsBase): [CaseFile, string] 
 
 /** A loader that only checks shapes: `info` needs no device. */
 const shapeChecker = (tensors: Map<string, TensorInfo>) =>
-  new WeightLoader(undefined as unknown as GPUDevice, tensors, 1 << 30);
+  new WeightLoader(undefined as unknown as GPUDevice, tensors);
 
 /** What Model.load does before the GPU: resolve the tensors, check their shapes, read one. */
 async function loadTensors(dir: string, shapes: Map<string, number[]>): Promise<void> {

@@ -26,6 +26,7 @@ import {
   type WeightDType,
 } from "../src/gpu/ops.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
+import { ModelError } from "../src/errors.ts";
 import { createMatrix, toF32, writeMatrixRows } from "../src/model/weights.ts";
 import * as ref from "./reference/cpu_ops.ts";
 
@@ -87,7 +88,7 @@ function assertClose(
 
 /** Buffers made by one test, destroyed when it ends. */
 class Buffers {
-  #all: GPUBuffer[] = [];
+  #all: (GPUBuffer | GPUTexture)[] = [];
   /** A storage buffer holding `data`. */
   upload(data: Float32Array | Uint32Array, label: string): GPUBuffer {
     const buffer = storageBuffer(device, data.byteLength, label, { uniform: true });
@@ -98,11 +99,21 @@ class Buffers {
       data.byteOffset,
       data.byteLength,
     );
+    return this.own(buffer);
+  }
+  /** Destroys `buffer` with the rest. */
+  own(buffer: GPUBuffer): GPUBuffer {
     this.#all.push(buffer);
     return buffer;
   }
-  track<T extends { chunks: { buffer: GPUBuffer }[] }>(m: T): T {
-    this.#all.push(...m.chunks.map((c) => c.buffer));
+  /** Destroys `texture` with the rest. */
+  ownTexture(texture: GPUTexture): GPUTexture {
+    this.#all.push(texture);
+    return texture;
+  }
+  /** Destroys a weight matrix's textures with the rest. */
+  track<T extends { chunks: { texture: GPUTexture }[] }>(m: T): T {
+    this.#all.push(...m.chunks.map((c) => c.texture));
     return m;
   }
   destroy() {
@@ -180,8 +191,7 @@ function storageOnly(b: Buffers, data: Float32Array<ArrayBuffer>): GPUBuffer {
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
   const buffer = device.createBuffer({ size: data.byteLength, usage, label: "storage only" });
   device.queue.writeBuffer(buffer, 0, data);
-  b.track({ chunks: [{ buffer }] });
-  return buffer;
+  return b.own(buffer);
 }
 
 async function checkMatmul(c: MatmulCase) {
@@ -211,9 +221,8 @@ async function checkMatmul(c: MatmulCase) {
   const eps = 1e-5;
 
   await withBuffers(async (b) => {
-    const rowBytes = cols * ref.DTYPE_SIZE[c.dtype];
-    const maxBinding = c.chunkRows ? rowBytes * stack * c.chunkRows : gpu.maxBinding;
-    const w = b.track(createMatrix(device, c.dtype, rows, cols, maxBinding, "w", stack));
+    const maxRows = c.chunkRows ? stack * c.chunkRows : undefined;
+    const w = b.track(createMatrix(device, c.dtype, rows, cols, "w", { stack, maxRows }));
     const chunks = c.chunkRows ? Math.ceil(rows / c.chunkRows) : 1;
     assert.equal(w.chunks.length, chunks, `${label}: chunk count`);
     parts.forEach((p, part) => writeMatrixRows(device, w, 0, p.bytes, part));
@@ -361,7 +370,7 @@ Deno.test("a GLU matmul over 2048 or more columns takes 4 rows per stream, the o
   await withBuffers((b) => {
     const rowsOf = (epilogue: Epilogue, cols: number, n = 1) => {
       const stack = epilogue === "add" ? 1 : 2;
-      const w = b.track(createMatrix(device, "BF16", 64, cols, gpu.maxBinding, "w", stack));
+      const w = b.track(createMatrix(device, "BF16", 64, cols, "w", { stack }));
       const x = b.upload(new Float32Array(8 * cols), "x");
       const y = b.upload(new Float32Array(8 * 64), "y");
       const op = matmulOp(ctx, { w, x, xStride: cols, y, yStride: 64, epilogue });
@@ -387,7 +396,7 @@ Deno.test("a GLU matmul over 2048 or more columns takes 4 rows per stream, the o
 
 Deno.test("matmul reads x through a uniform binding exactly when the forward's rows of x fit in 64 KiB; both paths match the CPU reference", async () => {
   await withBuffers((b) => {
-    const w = b.track(createMatrix(device, "BF16", 16, 2000, gpu.maxBinding, "w"));
+    const w = b.track(createMatrix(device, "BF16", 16, 2000, "w"));
     const y = b.upload(new Float32Array(16 * 16), "y");
     const big = b.upload(new Float32Array(16 * 2000), "x"); // 128,000 bytes
     const small = b.upload(new Float32Array(4 * 2000), "x"); // 32,000 bytes
@@ -411,10 +420,9 @@ Deno.test("matmul reads x through a uniform binding exactly when the forward's r
     assert.ok(storage(pipelineLabels(op(small), 5)));
     assert.ok(storage(pipelineLabels(op(big, false), 1)));
     // A buffer that cannot be a uniform is always read through storage.
-    const plain = device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE });
-    b.track({ chunks: [{ buffer: plain }] });
+    const plain = b.own(device.createBuffer({ size: 64, usage: GPUBufferUsage.STORAGE }));
     const noUniform = matmulOp(ctx, {
-      w: b.track(createMatrix(device, "F32", 4, 16, gpu.maxBinding, "w")),
+      w: b.track(createMatrix(device, "F32", 4, 16, "w")),
       x: plain,
       xStride: 16,
       y,
@@ -435,7 +443,7 @@ Deno.test("matmul reads x through a uniform binding exactly when the forward's r
 
 Deno.test("matmul reads the norm gain through a uniform binding when its buffer can be one; both paths match the CPU reference", async () => {
   await withBuffers((b) => {
-    const w = b.track(createMatrix(device, "BF16", 16, 72, gpu.maxBinding, "w"));
+    const w = b.track(createMatrix(device, "BF16", 16, 72, "w"));
     const x = b.upload(new Float32Array(72), "x");
     const y = b.upload(new Float32Array(16), "y");
     const gain = new Float32Array(72);
@@ -518,9 +526,9 @@ Deno.test("embedding lookup from a row-chunked table matches the CPU reference f
       const n = ids.length;
       const h0 = ref.randomF32(rng, (n + 1) * cols); // row n must stay untouched
       await withBuffers(async (b) => {
-        const rowBytes = cols * ref.DTYPE_SIZE[dtype];
-        const maxBinding = chunkRows ? rowBytes * chunkRows : gpu.maxBinding;
-        const m = b.track(createMatrix(device, dtype, vocab, cols, maxBinding, "embed"));
+        const m = b.track(
+          createMatrix(device, dtype, vocab, cols, "embed", { maxRows: chunkRows || undefined }),
+        );
         assert.equal(m.chunks.length, chunkRows ? Math.ceil(vocab / chunkRows) : 1);
         writeMatrixRows(device, m, 0, table.bytes);
         const h = b.upload(h0, "h");
@@ -599,9 +607,10 @@ function ropeCase(c: RopeCase) {
 /** The fused op over a rope case's inputs; q and the caches start as the case's random values. */
 function ropeOp(b: Buffers, c: RopeCase, r: ReturnType<typeof ropeCase>) {
   const dtype = c.dtype ?? "BF16";
-  const rowBytes = r.cols * ref.DTYPE_SIZE[dtype];
-  const maxBinding = c.chunkRows ? rowBytes * c.chunkRows : gpu.maxBinding;
-  const w = b.track(createMatrix(device, dtype, r.rows, r.cols, maxBinding, "w", 1, c.headDim));
+  const maxRows = c.chunkRows || undefined;
+  const w = b.track(
+    createMatrix(device, dtype, r.rows, r.cols, "w", { rowAlign: c.headDim, maxRows }),
+  );
   assert.equal(w.chunks.length, c.chunkRows ? Math.ceil(r.rows / c.chunkRows) : 1);
   writeMatrixRows(device, w, 0, r.weights.bytes);
   const q = b.upload(r.args.q, "q");
@@ -678,12 +687,38 @@ Deno.test("q/k/v + RoPE recorded for more tokens than state.n, or past the cache
   await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 6, n: 5, spare: -2 });
 });
 
+Deno.test("a weight matrix lives in textures no taller than the limit; a row wider than a texture is a one-line ModelError", async () => {
+  const limit = device.limits.maxTextureDimension2D;
+  await withBuffers((b) => {
+    // Gate and up stacked: 2 x rows per texture, so a limit of 10 rows holds 5 of each.
+    const m = b.track(createMatrix(device, "BF16", 12, 16, "w", { stack: 2, maxRows: 10 }));
+    assert.deepEqual(m.chunks.map((c) => [c.rowStart, c.rows]), [[0, 5], [5, 5], [10, 2]]);
+    assert.deepEqual(m.chunks.map((c) => [c.texture.width, c.texture.height]), [[2, 10], [2, 10], [
+      2,
+      4,
+    ]]);
+    assert.equal(m.chunks[0].texture.format, "rgba32uint");
+    // A whole texture's width of bf16 weights fits; 8 more (one more texel) do not.
+    b.track(createMatrix(device, "BF16", 1, limit * 8, "wide"));
+    assert.throws(
+      () => createMatrix(device, "BF16", 1, limit * 8 + 8, "wider"),
+      (e: Error) =>
+        e instanceof ModelError && /^wider: a weight row of \d+ bytes exceeds/.test(e.message) &&
+        !e.message.includes("\n"),
+    );
+    assert.throws(
+      () => createMatrix(device, "F32", 4, 16, "w", { stack: 2, maxRows: 1 }),
+      ModelError,
+    );
+  });
+});
+
 Deno.test("the rope-kv epilogue refuses a chunk that starts inside a head, or shapes that do not match", async () => {
   const c: RopeCase = { nHeads: 2, nKv: 1, headDim: 16, pos: 0, n: 1 };
   const r = ropeCase(c);
   await withBuffers((b) => {
     // 24 rows per chunk: without createMatrix's row alignment a chunk starts mid-head.
-    const w = b.track(createMatrix(device, "BF16", r.rows, r.cols, r.cols * 2 * 24, "w"));
+    const w = b.track(createMatrix(device, "BF16", r.rows, r.cols, "w", { maxRows: 24 }));
     const x = b.upload(r.x, "x");
     const gain = b.upload(r.gain, "gain");
     const base = {
@@ -696,7 +731,7 @@ Deno.test("the rope-kv epilogue refuses a chunk that starts inside a head, or sh
       rope: { nHeads: 2, nKv: 1, headDim: 16, ctxLen: r.ctxLen, cosSin: x, k: x, v: x },
     };
     assert.throws(() => matmulOp(ctx, { ...base, w }), /starts inside a head/);
-    const whole = b.track(createMatrix(device, "BF16", r.rows, r.cols, gpu.maxBinding, "w"));
+    const whole = b.track(createMatrix(device, "BF16", r.rows, r.cols, "w"));
     assert.throws(() => matmulOp(ctx, { ...base, w: whole, yStride: 48 }), /do not match/);
     assert.throws(
       () => matmulOp(ctx, { ...base, w: whole, norm: undefined }),
@@ -903,40 +938,77 @@ Deno.test("add_rmsnorm with odd widths and token counts matches the CPU referenc
 
 // --- stream_read -----------------------------------------------------------------------------
 
-Deno.test("stream_read XORs each invocation's run of words like the CPU reference, partial runs too", async () => {
+Deno.test("stream_read XORs each invocation's run of words like the CPU reference, from a buffer or a texture, partial runs too", async () => {
   // Whole runs; a partial last run (not a multiple of 4 vec4s either); more invocations than one
-  // workgroup; reading a prefix of a longer buffer (the words past it must not count).
+  // workgroup; reading a prefix of a longer source (the words past it must not count).
   for (
     const [vec4s, extra] of [[2 * STREAM_READ_RUN, 0], [3 * STREAM_READ_RUN + 7, 0], [1, 5], [
       70 * STREAM_READ_RUN - 3,
       9,
     ]]
   ) {
-    const label = `stream_read ${JSON.stringify({ vec4s, extra })}`;
-    const rng = ref.mulberry32(ref.seedFrom(label));
-    const words = ref.randomU32(rng, (vec4s + extra) * 4, 2 ** 32);
-    await withBuffers(async (b) => {
-      const src = b.upload(words, "src");
-      const want = ref.streamReadRef(words.subarray(0, vec4s * 4), STREAM_READ_RUN);
-      const out = b.upload(ref.randomU32(rng, want.length + 1, 2 ** 32), "out");
-      const before = await readU32(device, out, want.length + 1);
-      const op = streamReadOp(ctx, { src, bytes: vec4s * 16, out });
-      assert.equal(op.invocations, want.length);
-      const enc = device.createCommandEncoder();
-      const rec = new Recorder(enc.beginComputePass());
-      op.record(rec);
-      rec.pass.end();
-      device.queue.submit([enc.finish()]);
-      const got = await readU32(device, out, want.length + 1);
-      assert.deepEqual([...got.subarray(0, want.length)], [...want], label);
-      assert.equal(got[want.length], before[want.length], `${label}: wrote past its invocations`);
-    });
+    for (const source of ["buffer", "texture"]) {
+      const label = `stream_read ${JSON.stringify({ vec4s, extra, source })}`;
+      const rng = ref.mulberry32(ref.seedFrom(label));
+      const rows = Math.ceil((vec4s + extra) / STREAM_READ_RUN);
+      const words = ref.randomU32(rng, rows * STREAM_READ_RUN * 4, 2 ** 32);
+      await withBuffers(async (b) => {
+        const src = source === "buffer"
+          ? b.upload(words, "src")
+          : b.ownTexture(device.createTexture({
+            size: [STREAM_READ_RUN, rows],
+            format: "rgba32uint",
+            usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+          }));
+        if (src instanceof GPUTexture) {
+          device.queue.writeTexture(
+            { texture: src },
+            words,
+            { bytesPerRow: STREAM_READ_RUN * 16 },
+            [
+              STREAM_READ_RUN,
+              rows,
+            ],
+          );
+        }
+        const want = ref.streamReadRef(words.subarray(0, vec4s * 4), STREAM_READ_RUN);
+        const out = b.upload(ref.randomU32(rng, want.length + 1, 2 ** 32), "out");
+        const before = await readU32(device, out, want.length + 1);
+        const op = streamReadOp(ctx, { src, bytes: vec4s * 16, out });
+        assert.equal(op.invocations, want.length);
+        const enc = device.createCommandEncoder();
+        const rec = new Recorder(enc.beginComputePass());
+        op.record(rec);
+        rec.pass.end();
+        device.queue.submit([enc.finish()]);
+        const got = await readU32(device, out, want.length + 1);
+        assert.deepEqual([...got.subarray(0, want.length)], [...want], label);
+        assert.equal(got[want.length], before[want.length], `${label}: wrote past its invocations`);
+      });
+    }
   }
   assert.throws(() => streamReadOp(ctx, { src: ctx.state, bytes: 12, out: ctx.state }), RangeError);
   assert.throws(
     () => streamReadOp(ctx, { src: ctx.state, bytes: 16, out: ctx.state, run: 6 }),
     RangeError,
   );
+  // A texture must be RUN texels wide and hold every run.
+  await withBuffers((b) => {
+    const texture = (width: number, height: number) =>
+      b.ownTexture(device.createTexture({
+        size: [width, height],
+        format: "rgba32uint",
+        usage: GPUTextureUsage.TEXTURE_BINDING,
+      }));
+    const out = b.upload(new Uint32Array(4), "out");
+    const bytes = 3 * STREAM_READ_RUN * 16;
+    streamReadOp(ctx, { src: texture(STREAM_READ_RUN, 3), bytes, out });
+    assert.throws(
+      () => streamReadOp(ctx, { src: texture(STREAM_READ_RUN, 2), bytes, out }),
+      RangeError,
+    );
+    assert.throws(() => streamReadOp(ctx, { src: texture(128, 6), bytes, out }), RangeError);
+  });
 });
 
 // --- the test helpers themselves -------------------------------------------------------------

@@ -1,12 +1,18 @@
 /**
  * `bench --memcpy`: the two ceilings to compare decode's weight-read rate with, in bytes per
  * second: a plain GPU buffer-to-buffer copy (done by the driver), and the fastest a kernel streams
- * bytes out of a storage buffer (kernels/stream_read.wgsl), which is what decode's kernels do.
+ * bytes out of a weight texture (kernels/stream_read.wgsl), which is what decode's kernels do.
  * Each is timed as (k passes - 1 pass) / (k - 1) of wall-clock around onSubmittedWorkDone, so the
  * fixed submission and wait costs cancel out.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { type OpContext, Recorder, STATE_BYTES, streamReadOp } from "../gpu/ops.ts";
+import {
+  type OpContext,
+  Recorder,
+  STATE_BYTES,
+  STREAM_READ_RUN,
+  streamReadOp,
+} from "../gpu/ops.ts";
 import { Pipelines } from "../gpu/shader.ts";
 import type { Ceiling } from "./report.ts";
 import { summarize, type Summary } from "./stats.ts";
@@ -37,13 +43,23 @@ async function rate(
   return summarize(rates);
 }
 
-/** The storage-read ceiling: stream_read over a buffer as large as one storage binding allows. */
-export async function measureStorageRead(gpu: Gpu, repeats: number): Promise<Ceiling> {
+/**
+ * The weight-read ceiling: stream_read over an rgba32uint texture laid out as weights are (rows of
+ * texels), as tall as a texture may be and at most 64 MiB.
+ */
+export async function measureWeightRead(gpu: Gpu, repeats: number): Promise<Ceiling> {
   const { device } = gpu;
-  const bytes = Math.floor(Math.min(128 << 20, gpu.maxBinding, gpu.maxBufferSize) / 16) * 16;
+  const rowBytes = STREAM_READ_RUN * 16;
+  const rows = Math.min(device.limits.maxTextureDimension2D, (64 << 20) / rowBytes);
+  const bytes = rows * rowBytes;
+  const src = device.createTexture({
+    label: "stream_read src",
+    size: [STREAM_READ_RUN, rows],
+    format: "rgba32uint",
+    usage: GPUTextureUsage.TEXTURE_BINDING,
+  });
   const usage = GPUBufferUsage.STORAGE;
-  const src = device.createBuffer({ size: bytes, usage, label: "stream_read src" });
-  const out = device.createBuffer({ size: Math.ceil(bytes / 16) * 4, usage, label: "out" });
+  const out = device.createBuffer({ size: rows * 4, usage, label: "out" });
   const state = device.createBuffer({ size: STATE_BYTES, usage, label: "state" });
   const ctx: OpContext = { device, pipelines: new Pipelines(device), state };
   const op = streamReadOp(ctx, { src, bytes, out });

@@ -1,10 +1,10 @@
 /**
- * The figures `bench` measures, as written by `--json FILE` (schema "skipspec-bench/2"), and a
+ * The figures `bench` measures, as written by `--json FILE` (schema "skipspec-bench/3"), and a
  * validator that checks a report's structure and the invariants every figure must hold.
  */
 import type { Summary } from "./stats.ts";
 
-export const REPORT_SCHEMA = "skipspec-bench/2";
+export const REPORT_SCHEMA = "skipspec-bench/3";
 
 /** A rate to compare decode's weight reads with: bytes moved per pass, GB/s. */
 export interface Ceiling {
@@ -102,8 +102,8 @@ export interface BenchReport {
   };
   /** `--memcpy`: a plain GPU buffer copy, bytes copied per second. */
   memcpy: Ceiling | null;
-  /** `--memcpy`: a kernel streaming a storage buffer (the fastest decode's reads can be). */
-  storageRead: Ceiling | null;
+  /** `--memcpy`: a kernel streaming a weight texture (the fastest decode's reads can be). */
+  weightRead: Ceiling | null;
   models: ModelFigures[];
 }
 
@@ -129,14 +129,14 @@ export function validateReport(report: unknown): asserts report is BenchReport {
     positive(s[k], `settings.${k}`);
   }
   array(s.modes, "settings.modes").forEach((mode, i) => oneOf(mode, MODES, `settings.modes[${i}]`));
-  for (const key of ["memcpy", "storageRead"]) {
+  for (const key of ["memcpy", "weightRead"]) {
     if (r[key] === null) continue;
     const c = object(r[key], key);
     positive(c.bytes, `${key}.bytes`);
     summary(c.gbPerSecond, `${key}.gbPerSecond`);
   }
-  if ((r.memcpy === null) !== (r.storageRead === null)) {
-    fail("storageRead", "is measured with memcpy (both or neither)");
+  if ((r.memcpy === null) !== (r.weightRead === null)) {
+    fail("weightRead", "is measured with memcpy (both or neither)");
   }
   array(r.models, "models").forEach((model, i) => validateModel(model, `models[${i}]`));
 }

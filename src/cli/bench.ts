@@ -8,7 +8,7 @@
 import { fileURLToPath } from "node:url";
 import { benchModel, type BenchTarget } from "../bench/measure.ts";
 import { machineInfo } from "../bench/machine.ts";
-import { measureMemcpy, measureStorageRead } from "../bench/memcpy.ts";
+import { measureMemcpy, measureWeightRead } from "../bench/memcpy.ts";
 import { benchPlotSvg } from "../bench/plot.ts";
 import {
   type BenchReport,
@@ -146,14 +146,14 @@ export async function runBench(argv: string[]): Promise<number> {
     machine: machineInfo(gpu),
     settings: { ...settings, prompts: synthetic ? settings.prompts : promptTexts.length },
     memcpy: null,
-    storageRead: null,
+    weightRead: null,
     models: [],
   };
   if (flags.memcpy) {
     out.say("bench: memcpy ...");
     report.memcpy = await measureMemcpy(gpu, settings.repeats);
-    out.say("bench: storage reads ...");
-    report.storageRead = await measureStorageRead(gpu, settings.repeats);
+    out.say("bench: weight reads ...");
+    report.weightRead = await measureWeightRead(gpu, settings.repeats);
   }
   for (const [i, name] of models.entries()) {
     const step = `bench [${i + 1}/${models.length}] ${name.split("/").pop()}`;
@@ -288,11 +288,11 @@ export function formatReport(r: BenchReport): string {
     }), ${m.cpus} CPUs, Deno ${m.deno}`,
   );
   if (r.memcpy) lines.push(`memcpy: ${range(r.memcpy.gbPerSecond, 2)} GB/s (buffer copy)`);
-  if (r.memcpy && r.storageRead) {
-    const ratio = r.storageRead.gbPerSecond.median / r.memcpy.gbPerSecond.median;
+  if (r.memcpy && r.weightRead) {
+    const ratio = r.weightRead.gbPerSecond.median / r.memcpy.gbPerSecond.median;
     lines.push(
-      `storage reads: ${range(r.storageRead.gbPerSecond, 2)} GB/s (${ratio.toFixed(2)}x copy; ` +
-        `a kernel that only streams a storage buffer, as decode's kernels stream weights)`,
+      `weight reads: ${range(r.weightRead.gbPerSecond, 2)} GB/s (${ratio.toFixed(2)}x copy; ` +
+        `a kernel that only streams a weight texture, as decode's kernels stream weights)`,
     );
   }
   for (const model of r.models) {
@@ -314,7 +314,7 @@ export function formatReport(r: BenchReport): string {
         "ideal",
       ],
       model.modes.map((f) =>
-        modeRow(f, r.memcpy?.gbPerSecond.median, r.storageRead?.gbPerSecond.median)
+        modeRow(f, r.memcpy?.gbPerSecond.median, r.weightRead?.gbPerSecond.median)
       ),
     ));
     lines.push(`forward(8) / forward(1): ${range(model.forward8OverForward1, 2)}`);

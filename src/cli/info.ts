@@ -9,6 +9,7 @@ import { readJson } from "../files.ts";
 import { openGpu } from "../gpu/device.ts";
 import { type ModelConfig, resolveConfig } from "../model/config.ts";
 import { DTYPE_BYTES, loadSafetensorsIndex, type TensorInfo } from "../model/safetensors.ts";
+import { TEXEL_BYTES } from "../model/weights.ts";
 import { helpText, parseFlags } from "./flags.ts";
 import { MODEL_FLAGS, modelDir } from "./session.ts";
 
@@ -152,7 +153,7 @@ export function modelReport(
   const maxBuffer = limits.maxBufferSize;
   const dtypes: Record<string, number> = {};
   let parameters = 0, weightBytes = 0;
-  let widest = { name: "", bytes: 0 }, largestChunk = { name: "", bytes: 0 };
+  let widest = { name: "", bytes: 0 };
   for (const t of tensors.values()) {
     const count = t.shape.reduce((a, b) => a * b, 1);
     parameters += count;
@@ -164,14 +165,10 @@ export function modelReport(
       continue;
     }
     weightBytes += t.byteLength;
-    // Matrices are split by rows into chunks of at most one storage binding; MLP gate and up
-    // share each chunk (the fused GLU), so their rows count twice.
-    const rows = t.shape[0];
-    const stack = /(gate|up)_proj\.weight$/.test(t.name) ? 2 : 1;
-    const rowBytes = (count / rows) * DTYPE_BYTES[t.dtype] * stack;
+    // Matrices live in textures a row of texels per weight row, split by rows into chunks no
+    // taller than a texture (src/model/weights.ts createMatrix): only a row's width can exceed it.
+    const rowBytes = (count / t.shape[0]) * DTYPE_BYTES[t.dtype];
     if (rowBytes > widest.bytes) widest = { name: t.name, bytes: rowBytes };
-    const chunk = Math.min(rows, Math.max(1, Math.floor(maxBinding / rowBytes))) * rowBytes;
-    if (chunk > largestChunk.bytes) largestChunk = { name: t.name, bytes: chunk };
   }
   const dtype = Object.entries(dtypes).sort((a, b) => b[1] - a[1])[0]?.[0] ?? "none";
   const kvPerLayer = contextLength * cfg.numKvHeads * cfg.headDim * 4;
@@ -197,12 +194,11 @@ export function modelReport(
   });
   const binding = "maxStorageBufferBindingSize";
   const checks = [
-    check(`widest weight row (${widest.name})`, widest.bytes, binding, maxBinding),
     check(
-      `largest weight chunk (${largestChunk.name})`,
-      largestChunk.bytes,
-      "maxBufferSize",
-      maxBuffer,
+      `widest weight row (${widest.name})`,
+      widest.bytes,
+      `maxTextureDimension2D x ${TEXEL_BYTES} bytes`,
+      limits.maxTextureDimension2D * TEXEL_BYTES,
     ),
     check(`K/V cache per layer (${contextLength} tokens)`, kvPerLayer, binding, maxBinding),
     check("K/V cache per layer", kvPerLayer, "maxBufferSize", maxBuffer),

@@ -11,14 +11,17 @@ import type { Defines, KernelName } from "./shader.ts";
 export type WeightDType = "F32" | "F16" | "BF16";
 
 /**
- * A weight matrix (rows, cols) on the GPU, split by rows into chunks that each fit one binding.
- * For a gated MLP the gate and up matrices are stacked per chunk: [gate rows; up rows].
+ * A weight matrix (rows, cols) on the GPU in rgba32uint textures: texel (i, r) holds bytes
+ * 16i .. 16i + 15 of row r as stored (8 bf16/f16 or 4 f32 weights). On lavapipe a texel fetch
+ * reads weights ~1.2x faster than a storage-buffer load (kernels/matmul.wgsl). The matrix is split
+ * by rows into chunks no taller than a texture; for a gated MLP the gate and up matrices are
+ * stacked per chunk: [gate rows; up rows].
  */
 export interface WeightMatrix {
   dtype: WeightDType;
   rows: number;
   cols: number;
-  chunks: { buffer: GPUBuffer; rowStart: number; rows: number }[];
+  chunks: { texture: GPUTexture; rowStart: number; rows: number }[];
 }
 
 /** `state` buffer layout, shared by every kernel: { pos, n, out_index, pad } as u32. */
@@ -59,7 +62,7 @@ export class Bound {
   constructor(
     private ctx: OpContext,
     private kernel: KernelName,
-    private resources: (GPUBuffer | GPUBufferBinding)[],
+    private resources: (GPUBuffer | GPUBufferBinding | GPUTextureView)[],
   ) {}
   get(defines: Defines): [GPUComputePipeline, GPUBindGroup] {
     const pipeline = this.ctx.pipelines.get(this.kernel, defines);
@@ -153,7 +156,7 @@ export function embedOp(
       ["u32", chunk.rows],
       ["f32", a.scale],
     ], "embed");
-    return new Bound(ctx, "embed", [params, a.ids, chunk.buffer, a.h]).get(
+    return new Bound(ctx, "embed", [params, a.ids, chunk.texture.createView(), a.h]).get(
       dtypeDefine(a.table.dtype),
     );
   });
@@ -244,10 +247,10 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
       ["u32", a.rope?.headDim ?? 0],
       ["u32", a.rope?.ctxLen ?? 0],
     ];
-    const resources: (GPUBuffer | GPUBufferBinding)[] = [
+    const resources: (GPUBuffer | GPUBufferBinding | GPUTextureView)[] = [
       uniformBuffer(ctx.device, fields, "matmul"),
       ctx.state,
-      chunk.buffer,
+      chunk.texture.createView(),
       a.x,
       a.y,
     ];
@@ -422,12 +425,14 @@ export function sampleOp(
 export const STREAM_READ_RUN = 256;
 
 /**
- * `bench --memcpy`'s storage-read ceiling: out[i] = XOR of the words of vec4s i * RUN .. of `src`
- * (its first `bytes`, a multiple of 16); `run`: vec4s per invocation. See kernels/stream_read.wgsl.
+ * `bench --memcpy`'s weight-read ceiling: out[i] = XOR of the words of vec4s i * RUN .. of `src`
+ * (its first `bytes`, a multiple of 16); `run`: vec4s per invocation. `src` is a storage buffer,
+ * or an rgba32uint texture `run` texels wide holding run i in row i (as weights are read). See
+ * kernels/stream_read.wgsl.
  */
 export function streamReadOp(
   ctx: OpContext,
-  a: { src: GPUBuffer; bytes: number; out: GPUBuffer; run?: number },
+  a: { src: GPUBuffer | GPUTexture; bytes: number; out: GPUBuffer; run?: number },
 ): { record(rec: Recorder): void; invocations: number } {
   const run = a.run ?? STREAM_READ_RUN;
   if (a.bytes % 16 !== 0 || a.bytes <= 0) throw new RangeError(`stream_read: ${a.bytes} bytes`);
@@ -435,12 +440,16 @@ export function streamReadOp(
   const vec4s = a.bytes / 16;
   const invocations = Math.ceil(vec4s / run);
   if (a.out.size < invocations * 4) throw new RangeError("stream_read: out is too small");
+  const src = a.src;
+  if (src instanceof GPUTexture && (src.width !== run || src.height < invocations)) {
+    throw new RangeError(`stream_read: a ${src.width} x ${src.height} texture for runs of ${run}`);
+  }
   const params = uniformBuffer(ctx.device, [["u32", vec4s]], "stream_read");
   const [pipeline, group] = new Bound(ctx, "stream_read", [
     params,
-    { buffer: a.src, size: a.bytes },
+    src instanceof GPUTexture ? src.createView() : { buffer: src, size: a.bytes },
     a.out,
-  ]).get({ RUN: run });
+  ]).get({ RUN: run, TEXTURE: src instanceof GPUTexture });
   const groups = Math.ceil(invocations / 64);
   const x = Math.min(groups, MAX_GROUPS_X);
   return {

@@ -136,7 +136,6 @@ export class Model {
     const weights = new WeightLoader(
       device,
       tensors,
-      gpu.maxBinding,
       (loaded) => options.onProgress?.(loaded, total),
       source.read,
     );

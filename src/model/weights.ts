@@ -1,7 +1,7 @@
 /**
  * Moves tensors from safetensors files to the GPU. Matrices keep their stored dtype (bf16 and f16
- * are widened in the shaders) and are streamed in pieces, never held whole in JS memory; a matrix
- * larger than one storage binding is split by rows. Small vectors (norm gains) are widened to f32
+ * are widened in the shaders) and are streamed in pieces, never held whole in JS memory, into
+ * textures (see WeightMatrix); a matrix taller than a texture is split by rows. Small vectors (norm gains) are widened to f32
  * here, with Gemma's (1 + w) added once.
  */
 import { ModelError } from "../errors.ts";
@@ -35,22 +35,18 @@ export function parameterCount(tensors: Map<string, TensorInfo>): number {
 
 const PIECE_BYTES = 64 << 20;
 
+/** Bytes of one texel of a weight texture: an rgba32uint holds 8 half-precision or 4 f32 weights. */
+export const TEXEL_BYTES = 16;
+
 /**
- * Row ranges of at most `maxBinding` bytes each (`stack` matrices side by side per chunk), each
+ * Row ranges of at most `maxRows` texture rows each (`stack` matrices stacked per chunk), each
  * starting at a multiple of `rowAlign` rows (the fused q/k/v + RoPE kernel needs whole heads).
  */
-export function planChunks(
-  rows: number,
-  rowBytes: number,
-  maxBinding: number,
-  stack = 1,
-  rowAlign = 1,
-) {
-  const perChunk = Math.floor(maxBinding / (rowBytes * stack * rowAlign)) * rowAlign;
+export function planChunks(rows: number, maxRows: number, stack = 1, rowAlign = 1) {
+  const perChunk = Math.floor(maxRows / (stack * rowAlign)) * rowAlign;
   if (perChunk < 1) {
     throw new ModelError(
-      `${rowAlign > 1 ? `${rowAlign} weight rows` : "a weight row"} of ${rowBytes} bytes ` +
-        `exceed the GPU's binding limit`,
+      `${stack * rowAlign} weight rows exceed the GPU's texture height limit of ${maxRows}`,
     );
   }
   const chunks: { rowStart: number; rows: number }[] = [];
@@ -60,16 +56,17 @@ export function planChunks(
   return chunks;
 }
 
-/** An empty matrix of `rows` output rows; with stack 2 each chunk holds [part 0 rows; part 1 rows]. */
+/**
+ * An empty matrix of `rows` output rows in textures (see WeightMatrix); with stack 2 each chunk
+ * holds [part 0 rows; part 1 rows]. `maxRows` (tests) lowers the texture height per chunk.
+ */
 export function createMatrix(
   device: GPUDevice,
   dtype: WeightMatrix["dtype"],
   rows: number,
   cols: number,
-  maxBinding: number,
   label: string,
-  stack = 1,
-  rowAlign = 1,
+  { stack = 1, rowAlign = 1, maxRows = device.limits.maxTextureDimension2D } = {},
 ): WeightMatrix {
   const rowBytes = cols * DTYPE_BYTES[dtype];
   if (cols % 8 !== 0) {
@@ -78,9 +75,21 @@ export function createMatrix(
       `${label}: a column count that is a multiple of 8 is needed (got ${cols})`,
     );
   }
-  const chunks = planChunks(rows, rowBytes, maxBinding, stack, rowAlign).map((c) => ({
+  const width = rowBytes / TEXEL_BYTES;
+  if (width > device.limits.maxTextureDimension2D) {
+    throw new ModelError(
+      `${label}: a weight row of ${rowBytes} bytes exceeds the GPU's texture width limit ` +
+        `(${device.limits.maxTextureDimension2D} texels of ${TEXEL_BYTES} bytes)`,
+    );
+  }
+  const chunks = planChunks(rows, maxRows, stack, rowAlign).map((c) => ({
     ...c,
-    buffer: storageBuffer(device, c.rows * rowBytes * stack, `${label}[${c.rowStart}]`),
+    texture: device.createTexture({
+      label: `${label}[${c.rowStart}]`,
+      size: [width, c.rows * stack],
+      format: "rgba32uint",
+      usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+    }),
   }));
   return { dtype, rows, cols, chunks };
 }
@@ -99,13 +108,11 @@ export function writeMatrixRows(
     const from = Math.max(firstRow, chunk.rowStart);
     const to = Math.min(firstRow + count, chunk.rowStart + chunk.rows);
     if (from >= to) continue;
-    const dst = (part * chunk.rows + from - chunk.rowStart) * rowBytes;
-    device.queue.writeBuffer(
-      chunk.buffer,
-      dst,
+    device.queue.writeTexture(
+      { texture: chunk.texture, origin: [0, part * chunk.rows + from - chunk.rowStart] },
       bytes.buffer,
-      bytes.byteOffset + (from - firstRow) * rowBytes,
-      (to - from) * rowBytes,
+      { offset: bytes.byteOffset + (from - firstRow) * rowBytes, bytesPerRow: rowBytes },
+      [rowBytes / TEXEL_BYTES, to - from],
     );
   }
 }
@@ -116,7 +123,6 @@ export class WeightLoader {
   constructor(
     private device: GPUDevice,
     private tensors: Map<string, TensorInfo>,
-    private maxBinding: number,
     private onProgress: (bytes: number) => void = () => {},
     private read: ReadPieces = readTensorPieces,
   ) {}
@@ -139,7 +145,7 @@ export class WeightLoader {
   /**
    * One matrix from tensors stacked by rows (e.g. q, k and v projections), each (rows_i, cols);
    * with `glu`, exactly two tensors (gate, up) stacked per chunk for the fused GLU epilogue;
-   * chunks (when the matrix exceeds a binding) start at multiples of `rowAlign` rows.
+   * chunks (when the matrix is taller than a texture) start at multiples of `rowAlign` rows.
    */
   async matrix(
     names: [string, number][],
@@ -153,16 +159,10 @@ export class WeightLoader {
       throw new ModelError(`tensor "${mixed.name}" is ${mixed.dtype}, its siblings ${dtype}`);
     }
     const totalRows = glu ? names[0][1] : names.reduce((sum, [, rows]) => sum + rows, 0);
-    const m = createMatrix(
-      this.device,
-      dtype,
-      totalRows,
-      cols,
-      this.maxBinding,
-      names[0][0],
-      glu ? 2 : 1,
+    const m = createMatrix(this.device, dtype, totalRows, cols, names[0][0], {
+      stack: glu ? 2 : 1,
       rowAlign,
-    );
+    });
     const rowBytes = cols * DTYPE_BYTES[dtype];
     let rowBase = 0;
     for (const [i, info] of infos.entries()) {
