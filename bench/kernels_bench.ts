@@ -387,7 +387,7 @@ attentionBenches(
   const texture = device.createTexture({
     size: [STREAM_READ_RUN, rows],
     format: "rgba32uint",
-    usage: GPUTextureUsage.TEXTURE_BINDING,
+    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST, // see src/bench/memcpy.ts
   });
   const op = streamReadOp(ctx, { src: texture, bytes: rows * STREAM_READ_RUN * 16, out });
   bench(

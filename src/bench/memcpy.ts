@@ -56,8 +56,16 @@ export async function measureWeightRead(gpu: Gpu, repeats: number): Promise<Ceil
     label: "stream_read src",
     size: [STREAM_READ_RUN, rows],
     format: "rgba32uint",
-    usage: GPUTextureUsage.TEXTURE_BINDING,
+    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
   });
+  // Written, as weights are: a texture that wgpu must zero itself (no COPY_DST) leaves lavapipe's
+  // timestamps of every later one-dispatch pass wrong (~0.05 ms each), which broke bench's kernel
+  // table after --memcpy.
+  const pattern = new Uint32Array(bytes / 4).map((_, i) => Math.imul(i, 2654435761));
+  device.queue.writeTexture({ texture: src }, pattern, { bytesPerRow: rowBytes }, [
+    STREAM_READ_RUN,
+    rows,
+  ]);
   const usage = GPUBufferUsage.STORAGE;
   const out = device.createBuffer({ size: rows * 4, usage, label: "out" });
   const state = device.createBuffer({ size: STATE_BYTES, usage, label: "state" });

@@ -90,7 +90,7 @@ const FLAGS = {
   "memcpy": {
     type: "boolean",
     help: "also measure the ceilings for decode's weight reads (GB/s): a plain GPU buffer copy, " +
-      "and a kernel streaming a storage buffer",
+      "and a kernel streaming a weight texture",
     default: false,
   },
   "json": {
