@@ -1,8 +1,8 @@
 /**
  * Moves tensors from safetensors files to the GPU. Matrices keep their stored dtype (bf16 and f16
  * are widened in the shaders) and are streamed in pieces, never held whole in JS memory, into
- * textures (see WeightMatrix); a matrix taller than a texture is split by rows. Small vectors (norm gains) are widened to f32
- * here, with Gemma's (1 + w) added once.
+ * textures (see WeightMatrix); a matrix taller than a texture is split by rows. Small vectors (norm
+ * gains) are widened to f32 here, with Gemma's (1 + w) added once.
  */
 import { ModelError } from "../errors.ts";
 import { align4, storageBuffer } from "../gpu/buffers.ts";
