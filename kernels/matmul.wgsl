@@ -10,8 +10,9 @@
 // invocation. Weights are texel fetches from an rgba32uint texture (a texel: one 16-byte word of a
 // row as stored), which lavapipe runs ~1.2x faster than the same bytes' storage loads: time per
 // call, storage over texture, 1.20x on the Llama-3.2-1B gate/up (8192x2 x 2048), 1.25x on down
-// (2048 x 8192), 1.0-1.4x on the fixtures' shapes (median of 15 interleaved pairs). src/gpu/ops.ts (matmulGeometry) picks ROWS, TOKENS and WG per shape;
-// bench/kernels_bench.ts measures the alternatives.
+// (2048 x 8192), 1.0-1.4x on the fixtures' shapes (median of 15 interleaved pairs).
+// src/gpu/ops.ts (matmulGeometry) picks ROWS, TOKENS and WG per shape; bench/kernels_bench.ts
+// measures the alternatives.
 //
 // The code is straight-line over rows and tokens. lavapipe does not unroll WGSL loops (naga's loop
 // bounding hides the trip count), and a private array indexed in a loop, such as acc[row][token],

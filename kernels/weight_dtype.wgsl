@@ -1,9 +1,9 @@
 // Weight decoding, included by kernels that read model weights. Weights are read in blocks of 8
 // consecutive elements (one vec4<u32> of half-precision pairs, or two vec4<f32>), so a matrix's
 // column count must be a multiple of 8 (true of every real model). A matrix lives in rgba32uint
-// textures, one 16-byte word of a row per texel (src/gpu/ops.ts WeightMatrix). Half-precision weights stay
-// half on the GPU, element 2i in the low half of word i; a bf16 is the top 16 bits of an f32, so
-// widening is a shift and a bitcast (exact).
+// textures, one 16-byte word of a row per texel (src/gpu/ops.ts WeightMatrix). Half-precision
+// weights stay half on the GPU, element 2i in the low half of word i; a bf16 is the top 16 bits of
+// an f32, so widening is a shift and a bitcast (exact).
 
 #if DTYPE_F32
 alias WeightWord = vec4<f32>;

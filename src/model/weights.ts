@@ -35,7 +35,7 @@ export function parameterCount(tensors: Map<string, TensorInfo>): number {
 
 const PIECE_BYTES = 64 << 20;
 
-/** Bytes of one texel of a weight texture: an rgba32uint holds 8 half-precision or 4 f32 weights. */
+/** Bytes of a weight texture's texel: an rgba32uint holds 8 half-precision or 4 f32 weights. */
 export const TEXEL_BYTES = 16;
 
 /**
