@@ -31,7 +31,7 @@ import {
   type WeightMatrix,
 } from "../src/gpu/ops.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
-import { createMatrix, writeMatrixRows } from "../src/model/weights.ts";
+import { createMatrix, TEXEL_BYTES, weightTexture, writeMatrixRows } from "../src/model/weights.ts";
 
 /** Dispatches per iteration on the fixture shapes (fewer on the 1B-like ones: `reps`). */
 const DISPATCHES = 200;
@@ -383,13 +383,10 @@ attentionBenches(
     bench(group, `storage, run ${run} vec4s`, 0, 1, (r) => op.record(r), 4);
   }
   // As weights are held (src/gpu/ops.ts WeightMatrix): rows of texels, one run per row.
-  const rows = Math.min(device.limits.maxTextureDimension2D, bytes / (STREAM_READ_RUN * 16));
-  const texture = device.createTexture({
-    size: [STREAM_READ_RUN, rows],
-    format: "rgba32uint",
-    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST, // see src/bench/memcpy.ts
-  });
-  const op = streamReadOp(ctx, { src: texture, bytes: rows * STREAM_READ_RUN * 16, out });
+  const rowBytes = STREAM_READ_RUN * TEXEL_BYTES;
+  const rows = Math.min(device.limits.maxTextureDimension2D, bytes / rowBytes);
+  const texture = weightTexture(device, STREAM_READ_RUN, rows, "stream texture");
+  const op = streamReadOp(ctx, { src: texture, bytes: rows * rowBytes, out });
   bench(
     group,
     `texture, run ${STREAM_READ_RUN} vec4s (bench --memcpy)`,

@@ -27,7 +27,7 @@ import {
 } from "../src/gpu/ops.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
 import { ModelError } from "../src/errors.ts";
-import { createMatrix, toF32, writeMatrixRows } from "../src/model/weights.ts";
+import { createMatrix, toF32, weightTexture, writeMatrixRows } from "../src/model/weights.ts";
 import * as ref from "./reference/cpu_ops.ts";
 
 const gpu = await openGpu();
@@ -955,11 +955,7 @@ Deno.test("stream_read XORs each invocation's run of words like the CPU referenc
       await withBuffers(async (b) => {
         const src = source === "buffer"
           ? b.upload(words, "src")
-          : b.ownTexture(device.createTexture({
-            size: [STREAM_READ_RUN, rows],
-            format: "rgba32uint",
-            usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
-          }));
+          : b.ownTexture(weightTexture(device, STREAM_READ_RUN, rows, "src"));
         if (src instanceof GPUTexture) {
           device.queue.writeTexture(
             { texture: src },
@@ -995,11 +991,7 @@ Deno.test("stream_read XORs each invocation's run of words like the CPU referenc
   // A texture must be RUN texels wide and hold every run.
   await withBuffers((b) => {
     const texture = (width: number, height: number) =>
-      b.ownTexture(device.createTexture({
-        size: [width, height],
-        format: "rgba32uint",
-        usage: GPUTextureUsage.TEXTURE_BINDING,
-      }));
+      b.ownTexture(weightTexture(device, width, height, "src"));
     const out = b.upload(new Uint32Array(4), "out");
     const bytes = 3 * STREAM_READ_RUN * 16;
     streamReadOp(ctx, { src: texture(STREAM_READ_RUN, 3), bytes, out });

@@ -14,6 +14,7 @@ import {
   streamReadOp,
 } from "../gpu/ops.ts";
 import { Pipelines } from "../gpu/shader.ts";
+import { TEXEL_BYTES, weightTexture } from "../model/weights.ts";
 import type { Ceiling } from "./report.ts";
 import { summarize, type Summary } from "./stats.ts";
 
@@ -49,18 +50,11 @@ async function rate(
  */
 export async function measureWeightRead(gpu: Gpu, repeats: number): Promise<Ceiling> {
   const { device } = gpu;
-  const rowBytes = STREAM_READ_RUN * 16;
+  const rowBytes = STREAM_READ_RUN * TEXEL_BYTES;
   const rows = Math.min(device.limits.maxTextureDimension2D, (64 << 20) / rowBytes);
   const bytes = rows * rowBytes;
-  const src = device.createTexture({
-    label: "stream_read src",
-    size: [STREAM_READ_RUN, rows],
-    format: "rgba32uint",
-    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
-  });
-  // Written, as weights are: a texture that wgpu must zero itself (no COPY_DST) leaves lavapipe's
-  // timestamps of every later one-dispatch pass wrong (~0.05 ms each), which broke bench's kernel
-  // table after --memcpy.
+  // Written, as weights are (see weightTexture).
+  const src = weightTexture(device, STREAM_READ_RUN, rows, "stream_read src");
   const pattern = new Uint32Array(bytes / 4).map((_, i) => Math.imul(i, 2654435761));
   device.queue.writeTexture({ texture: src }, pattern, { bytesPerRow: rowBytes }, [
     STREAM_READ_RUN,
