@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { kernelName } from "../src/bench/measure.ts";
 import { measureWeightRead } from "../src/bench/memcpy.ts";
 import { storageBuffer } from "../src/gpu/buffers.ts";
-import { openGpu } from "../src/gpu/device.ts";
+import { lavapipeThreads, openGpu, THREADED_MATRIX_BYTES } from "../src/gpu/device.ts";
 import { matmulOp, STATE_BYTES } from "../src/gpu/ops.ts";
 import { GpuTimer } from "../src/gpu/profile.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
@@ -17,7 +17,7 @@ import { type BenchReport, validateReport } from "../src/bench/report.ts";
 import { histogram, median, pairedRatios, summarize } from "../src/bench/stats.ts";
 import { syntheticConfig, syntheticSource, syntheticTensors } from "../src/model/synthetic.ts";
 import { loadSafetensorsIndex } from "../src/model/safetensors.ts";
-import { createMatrix, parameterCount } from "../src/model/weights.ts";
+import { createMatrix, meanMatrixBytes, parameterCount } from "../src/model/weights.ts";
 import { assertOneLineError, FIXTURE, skipspec } from "./helpers/cli.ts";
 
 Deno.test("summaries: min, median (odd and even counts), max, runs kept in order", () => {
@@ -162,6 +162,31 @@ async function benchRun(
   return { report, stdout: run.stdout, svg };
 }
 
+/** LP_NUM_THREADS as this test process got it: a value the user set wins over skipspec's choice. */
+const USER_THREADS = Deno.env.get("LP_NUM_THREADS");
+
+Deno.test("lavapipe runs threaded for models with large matrices, single-threaded for small ones", async () => {
+  const fixture = meanMatrixBytes(await loadSafetensorsIndex(FIXTURE));
+  assert.ok(fixture < 100_000, `the fixture's matrices average ${fixture} bytes`);
+  // One TinyLlama-1.1B layer: embeddings, head, q/k/v/o, gate/up/down (bf16); norms are vectors.
+  const tiny = meanMatrixBytes(syntheticSource("tinyllama-1.1b", 1).tensors);
+  assert.ok(Math.abs(tiny - (131_072_000 + 44_040_192) * 2 / 9) < 1e-6);
+  for (const shape of Object.keys(KNOWN_PARAMETERS)) {
+    assert.ok(meanMatrixBytes(syntheticSource(shape).tensors) >= THREADED_MATRIX_BYTES, shape);
+  }
+  assert.equal(lavapipeThreads(undefined, { meanMatrixBytes: fixture }, 8), "0");
+  assert.equal(lavapipeThreads(undefined, { meanMatrixBytes: tiny }, 8), "8");
+  assert.equal(lavapipeThreads(undefined, { meanMatrixBytes: THREADED_MATRIX_BYTES - 1 }, 8), "0");
+  assert.equal(lavapipeThreads(undefined, { meanMatrixBytes: THREADED_MATRIX_BYTES }, 2), "2");
+  assert.equal(lavapipeThreads(undefined, undefined, 8), "0", "no workload: tests, info");
+  assert.equal(lavapipeThreads("3", { meanMatrixBytes: fixture }, 8), "3", "the user's setting");
+  assert.equal(lavapipeThreads("0", { meanMatrixBytes: tiny }, 8), "0", "the user's setting");
+  // The choice is the driver's only: the environment is restored for child processes.
+  const gpu = await openGpu();
+  assert.equal(gpu.lavapipeThreads, USER_THREADS ?? "0");
+  assert.equal(Deno.env.get("LP_NUM_THREADS"), USER_THREADS);
+});
+
 Deno.test("bench on a fixture: every mode, a valid report, a plot, a table", async () => {
   const { report, stdout, svg } = await benchRun([
     "--model",
@@ -174,6 +199,7 @@ Deno.test("bench on a fixture: every mode, a valid report, a plot, a table", asy
     "--quiet",
   ]);
   assert.equal(report.models.length, 1);
+  assert.equal(report.machine.lavapipeThreads, USER_THREADS ?? "0");
   const model = report.models[0];
   assert.equal(model.parameters, parameterCount(await loadSafetensorsIndex(FIXTURE)));
   assert.deepEqual(model.modes.map((m) => m.mode), [
@@ -236,6 +262,10 @@ Deno.test("bench --synthetic: a trimmed real shape, speculation marked as meanin
     "--new-tokens",
     "3",
   ]);
+  assert.equal(
+    report.machine.lavapipeThreads,
+    USER_THREADS ?? String(navigator.hardwareConcurrency),
+  );
   const model = report.models[0];
   assert.equal(model.model, "synthetic:tinyllama-1.1b:1");
   assert.ok(model.synthetic);

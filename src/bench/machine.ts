@@ -4,12 +4,6 @@ import type { MachineInfo } from "./report.ts";
 
 export function machineInfo(gpu: Gpu): MachineInfo {
   const info = gpu.adapterInfo;
-  let lavapipeThreads: string | null = null;
-  try {
-    lavapipeThreads = Deno.env.get("LP_NUM_THREADS") ?? null;
-  } catch {
-    // no env permission
-  }
   return {
     deno: Deno.version.deno,
     v8: Deno.version.v8,
@@ -25,6 +19,6 @@ export function machineInfo(gpu: Gpu): MachineInfo {
     },
     features: [...gpu.device.features].sort(),
     limits: gpu.limits,
-    lavapipeThreads,
+    lavapipeThreads: gpu.lavapipeThreads,
   };
 }

@@ -24,7 +24,9 @@ import { InputError, UsageError } from "../errors.ts";
 import { openGpu } from "../gpu/device.ts";
 import { Model } from "../model/model.ts";
 import { readSkipSet } from "../model/skip.ts";
+import { loadSafetensorsIndex } from "../model/safetensors.ts";
 import { syntheticSource } from "../model/synthetic.ts";
+import { meanMatrixBytes } from "../model/weights.ts";
 import { ModelTokenizer } from "../model/tokenizer.ts";
 import { mulberry32 } from "../tune/bo.ts";
 import { helpText, parseFlags } from "./flags.ts";
@@ -135,11 +137,15 @@ export async function runBench(argv: string[]): Promise<number> {
     ? []
     : (await readPrompts(flags.prompts ?? fixture("calibration_prompts.txt")))
       .slice(0, settings.prompts);
-  if (synthetic) {
-    for (const shape of synthetic) syntheticSource(shape, flags.layers); // unknown shapes fail now
-  }
-
-  const gpu = await openGpu();
+  // Unknown shapes and missing folders fail now; the largest model sets lavapipe's threading.
+  const matrixBytes = synthetic
+    ? synthetic.map((shape) => meanMatrixBytes(syntheticSource(shape, flags.layers).tensors))
+    : await Promise.all(
+      models.map(async (name) =>
+        meanMatrixBytes(await loadSafetensorsIndex(await resolveModelDir(name)))
+      ),
+    );
+  const gpu = await openGpu({ meanMatrixBytes: Math.max(...matrixBytes) });
   const report: BenchReport = {
     schema: REPORT_SCHEMA,
     date: new Date().toISOString(),

@@ -12,6 +12,8 @@ export interface Gpu {
   maxBufferSize: number;
   /** Every limit of the adapter, by WebGPU name. */
   limits: Record<string, number>;
+  /** LP_NUM_THREADS when the adapter was created (lavapipe's worker threads; "0": none). */
+  lavapipeThreads: string | null;
 }
 
 const NO_ADAPTER = "no WebGPU adapter found: install a GPU driver with Vulkan support, " +
@@ -34,18 +36,56 @@ export function throwIfGpuError() {
   throw new GpuError(`GPU error: ${first.join(" ")}`);
 }
 
+/** What the process will run, as far as the driver's threading is concerned. */
+export interface GpuWorkload {
+  /** Mean bytes of a weight matrix of the largest model the process will run. */
+  meanMatrixBytes: number;
+}
+
+/** A model whose mean weight matrix is at least this big runs on every core (see below). */
+export const THREADED_MATRIX_BYTES = 1 << 20;
+
 /**
- * lavapipe (Mesa's CPU Vulkan driver) hands every dispatch to worker threads, which costs about
- * 20 us per dispatch against 2.5 us when it runs them on the submitting thread; decoding the
- * fixtures, a few hundred small dispatches per token, measured 1.3-1.4x faster single-threaded.
- * So unless the user chose (LP_NUM_THREADS set, e.g. for large models on many cores), run it
- * single-threaded. Other drivers ignore the variable. Must happen before the first adapter.
+ * Worker threads for lavapipe (Mesa's CPU Vulkan driver), as LP_NUM_THREADS: "0" runs every
+ * dispatch on the submitting thread. Handing a dispatch to workers costs ~20 us against ~2.5 us,
+ * and only its workgroups are split, so small matrices lose and large ones gain. Decode tok/s,
+ * threaded over single, on a 2-core VM (interleaved runs, by mean bytes per weight matrix):
+ * the fixtures (60 KB) 0.6-0.7x, hidden 256 (0.3 MB) 0.92-0.97x, hidden 576 (1.9 MB) 1.27-1.29x,
+ * hidden 896 (5 MB) 1.5-1.9x, Llama-3.2-1B (22 MB) 1.2-1.7x. A value the user set wins; no
+ * workload (tests, `info`) means single-threaded. Other drivers ignore the variable.
  */
-function singleThreadedLavapipe() {
+export function lavapipeThreads(
+  userSetting: string | undefined,
+  workload: GpuWorkload | undefined,
+  cores: number,
+): string {
+  if (userSetting !== undefined) return userSetting;
+  const threaded = workload !== undefined && workload.meanMatrixBytes >= THREADED_MATRIX_BYTES;
+  return threaded ? String(Math.max(1, cores)) : "0";
+}
+
+/**
+ * Runs `open` (which creates the adapter and device: lavapipe reads LP_NUM_THREADS then) with the threading
+ * lavapipeThreads chooses, then restores the environment, so child processes choose for
+ * themselves. Returns the value the driver saw (null without env permission and no setting).
+ */
+async function withLavapipeThreads<T>(
+  workload: GpuWorkload | undefined,
+  open: () => Promise<T>,
+): Promise<{ result: T; threads: string | null }> {
+  let userSetting: string | undefined;
   try {
-    if (Deno.env.get("LP_NUM_THREADS") === undefined) Deno.env.set("LP_NUM_THREADS", "0");
+    userSetting = Deno.env.get("LP_NUM_THREADS");
   } catch {
-    // No env permission: keep the driver's default.
+    return { result: await open(), threads: null }; // no env permission: the driver's default
+  }
+  const threads = lavapipeThreads(userSetting, workload, navigator.hardwareConcurrency);
+  if (userSetting !== undefined) return { result: await open(), threads };
+  Deno.env.set("LP_NUM_THREADS", threads);
+  try {
+    return { result: await open(), threads };
+  } finally {
+    Deno.env.delete("LP_NUM_THREADS");
   }
 }
 
@@ -75,20 +115,48 @@ export async function mapForRead(buffer: GPUBuffer, offset?: number, size?: numb
   }
 }
 
-/** Opens (once) the default adapter's device, requesting its full limits and shader-f16. */
-export function openGpu(): Promise<Gpu> {
-  opened ??= requestGpu();
+/**
+ * Opens (once) the default adapter's device, requesting its full limits and shader-f16. The first
+ * call's workload sets lavapipe's threading for the process (see lavapipeThreads).
+ */
+export function openGpu(workload?: GpuWorkload): Promise<Gpu> {
+  opened ??= requestGpu(workload);
   return opened;
 }
 
-async function requestGpu(): Promise<Gpu> {
+async function requestGpu(workload: GpuWorkload | undefined): Promise<Gpu> {
   if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
     throw new GpuError("this Deno has no WebGPU (navigator.gpu is missing)");
   }
   if (Deno.env.get("SKIPSPEC_NO_GPU") === "1") throw new GpuError(NO_ADAPTER); // tests simulate a missing adapter
-  singleThreadedLavapipe();
+  const { result: found, threads } = await withLavapipeThreads(workload, requestDevice);
+  if (!found) throw new GpuError(NO_ADAPTER);
+  const { adapter, device } = found;
+  const limits = adapter.limits;
+  lost = undefined;
+  device.lost.then((info) => {
+    lost = info;
+    opened = undefined; // the next openGpu() asks for a new device
+  });
+  device.addEventListener("uncapturederror", (e) => {
+    gpuErrors.push((e as GPUUncapturedErrorEvent).error.message);
+  });
+  return {
+    device,
+    adapterInfo: adapter.info,
+    isFallback: adapter.info.isFallbackAdapter,
+    features: [...adapter.features],
+    maxBinding: limits.maxStorageBufferBindingSize,
+    maxBufferSize: limits.maxBufferSize,
+    limits: limitsRecord(limits),
+    lavapipeThreads: threads,
+  };
+}
+
+/** The default adapter and a device with its full limits and features we use; null: no adapter. */
+async function requestDevice(): Promise<{ adapter: GPUAdapter; device: GPUDevice } | null> {
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
-  if (!adapter) throw new GpuError(NO_ADAPTER);
+  if (!adapter) return null;
   const limits = adapter.limits;
   const requiredFeatures: GPUFeatureName[] = [];
   for (const f of ["shader-f16", "timestamp-query"] as GPUFeatureName[]) {
@@ -107,23 +175,7 @@ async function requestGpu(): Promise<Gpu> {
       maxComputeWorkgroupsPerDimension: limits.maxComputeWorkgroupsPerDimension,
     },
   });
-  lost = undefined;
-  device.lost.then((info) => {
-    lost = info;
-    opened = undefined; // the next openGpu() asks for a new device
-  });
-  device.addEventListener("uncapturederror", (e) => {
-    gpuErrors.push((e as GPUUncapturedErrorEvent).error.message);
-  });
-  return {
-    device,
-    adapterInfo: adapter.info,
-    isFallback: adapter.info.isFallbackAdapter,
-    features: [...adapter.features],
-    maxBinding: limits.maxStorageBufferBindingSize,
-    maxBufferSize: limits.maxBufferSize,
-    limits: limitsRecord(limits),
-  };
+  return { adapter, device };
 }
 
 /** GPUSupportedLimits (prototype getters) as a plain record. */

@@ -16,7 +16,7 @@ import { KvCache } from "./kv_cache.ts";
 import { buildLlama } from "./llama.ts";
 import { cosSinTable, inverseFrequencies } from "./rope.ts";
 import { loadSafetensorsIndex, readTensorPieces } from "./safetensors.ts";
-import { parameterCount, WeightLoader, type WeightSource } from "./weights.ts";
+import { meanMatrixBytes, parameterCount, WeightLoader, type WeightSource } from "./weights.ts";
 
 /** Sub-layers to skip, by 0-based layer index. */
 export interface SkipSet {
@@ -114,7 +114,7 @@ export class Model {
   /** Builds a model from any weight source (a folder, or a synthetic shape for benchmarks). */
   static async create(source: WeightSource, options: LoadOptions = {}): Promise<Model> {
     const { name: dir, cfg, tensors } = source;
-    const gpu = await openGpu();
+    const gpu = await openGpu({ meanMatrixBytes: meanMatrixBytes(tensors) });
     const device = gpu.device;
     const contextLength = options.contextLength ?? Math.min(cfg.maxPositions, 4096);
     if (!Number.isInteger(contextLength) || contextLength < 2 || contextLength > cfg.maxPositions) {

@@ -33,6 +33,13 @@ export function parameterCount(tensors: Map<string, TensorInfo>): number {
   return count;
 }
 
+/** Mean bytes of a tensor set's matrices (2-D tensors): what sets lavapipe's threading. */
+export function meanMatrixBytes(tensors: Map<string, TensorInfo>): number {
+  const matrices = [...tensors.values()].filter((t) => t.shape.length === 2);
+  const bytes = matrices.reduce((sum, t) => sum + t.byteLength, 0);
+  return matrices.length === 0 ? 0 : bytes / matrices.length;
+}
+
 const PIECE_BYTES = 64 << 20;
 
 /** Bytes of a weight texture's texel: an rgba32uint holds 8 half-precision or 4 f32 weights. */
