@@ -51,8 +51,8 @@ export const THREADED_MATRIX_BYTES = 1 << 20;
  * and only its workgroups are split, so small matrices lose and large ones gain. Decode tok/s,
  * threaded over single, on a 2-core VM (interleaved runs, by mean bytes per weight matrix):
  * the fixtures (60 KB) 0.6-0.7x, hidden 256 (0.3 MB) 0.92-0.97x, hidden 576 (1.9 MB) 1.27-1.29x,
- * hidden 896 (5 MB) 1.5-1.9x, Llama-3.2-1B (22 MB) 1.2-1.7x. A value the user set wins; no
- * workload (tests, `info`) means single-threaded. Other drivers ignore the variable.
+ * hidden 896 (5 MB) 1.5-1.9x, Llama-3.2-1B (22 MB) 1.0-1.7x (prefill 1.8-1.9x). A value the user
+ * set wins; no workload (tests, `info`) means single-threaded. Other drivers ignore the variable.
  */
 export function lavapipeThreads(
   userSetting: string | undefined,
