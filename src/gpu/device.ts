@@ -65,8 +65,8 @@ export function lavapipeThreads(
 }
 
 /**
- * Runs `open` (which creates the adapter and device: lavapipe reads LP_NUM_THREADS then) with the threading
- * lavapipeThreads chooses, then restores the environment, so child processes choose for
+ * Runs `open` (which creates the adapter and device: lavapipe reads LP_NUM_THREADS then) with the
+ * threading lavapipeThreads chooses, then restores the environment, so child processes choose for
  * themselves. Returns the value the driver saw (null without env permission and no setting).
  */
 async function withLavapipeThreads<T>(
