@@ -251,6 +251,9 @@ Deno.test("--quiet prints only the text; --verbose adds the adapter, load time a
   assert.equal(verbose.stdout, normal.stdout);
   const lines = errorLines(verbose).join("\n");
   assert.match(lines, /^adapter: .+/m);
+  if (/fallback/.test(lines)) { // lavapipe: the embedded model's small matrices run single-threaded
+    assert.match(lines, new RegExp(`LP_NUM_THREADS=${Deno.env.get("LP_NUM_THREADS") ?? 0}$`, "m"));
+  }
   assert.match(lines, /^model: .*tiny-llama, context 1024 tokens; loaded in \d+ ms/m);
   assert.match(lines, /^timings: prefill \d+ ms \(\d+ tokens\), decode \d+ ms/m);
   assert.match(lines, /decode [\d.]+ tok\/s/);

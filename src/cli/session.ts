@@ -170,13 +170,17 @@ export function colors(enabled: boolean): Colors {
   return { label: sgr("36"), error: sgr("1;31"), dim: sgr("2") };
 }
 
-/** "adapter: <name> (<vendor>, <architecture>), fallback adapter" for --verbose. */
+/**
+ * "adapter: <name> (<vendor>, <architecture>), a fallback (software) adapter, LP_NUM_THREADS=0"
+ * for --verbose (the threading only on software adapters, where lavapipe reads it).
+ */
 export function describeAdapter(gpu: Gpu): string {
   const i = gpu.adapterInfo;
   const name = i.description || i.device || "unknown";
   const where = [i.vendor, i.architecture].filter(Boolean).join(", ");
+  const threads = gpu.lavapipeThreads === null ? "" : `, LP_NUM_THREADS=${gpu.lavapipeThreads}`;
   return `adapter: ${name}${where ? ` (${where})` : ""}` +
-    (gpu.isFallback ? ", a fallback (software) adapter" : "");
+    (gpu.isFallback ? `, a fallback (software) adapter${threads}` : "");
 }
 
 /** Milliseconds, for --verbose timings. */
