@@ -113,8 +113,11 @@ export interface MatmulGeometry {
  * projections) ran the gate/up matmul 1.4-1.6x faster at 1 token than 8 per stream (Llama-3.2-1B
  * and TinyLlama shapes, paired GPU timestamps; 1.1-1.2x at 2-4 tokens, equal at 8; Gemma-2-2B's
  * 2304 columns ~1.05x), while up to 1024 columns (the fixtures' 128, 576..1024-wide models) 8 per
- * stream stayed equal or ~5% ahead (bench/kernels_bench.ts). lavapipe runs on one thread
- * (src/gpu/device.ts), so a chunk of few rows is one workgroup.
+ * stream stayed equal or ~5% ahead (bench/kernels_bench.ts). lavapipe runs small models on one
+ * thread (src/gpu/device.ts), so a chunk of few rows is one workgroup; large models run threaded,
+ * and their chunks have 32 workgroups or more to share. Threaded (2 threads), the 1B gate/up kept
+ * its order (4 rows per stream 1.4-1.6x ahead of 8 at 1 token, 1.3x at 2) and down's variants
+ * stayed within the noise of each other.
  */
 export function matmulGeometry(
   rows: number,
