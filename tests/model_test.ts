@@ -157,6 +157,46 @@ Deno.test("decode stops exactly at max-new-tokens and at a stop token, and reads
   model.destroy();
 });
 
+Deno.test("decode streams each chunk before submitting the next unless that holds text back briefly", async () => {
+  // Deno's mapAsync waits for everything submitted, so a chunk submitted before the previous one
+  // is read holds that one's text back until it is done too.
+  const model = await Model.load(fixture("tiny-llama"));
+  const c = (await reference("tiny-llama"))[0];
+  const queue = model.device.queue;
+  const submitOf = queue.submit;
+  let submits = 0;
+  queue.submit = (buffers) => {
+    submits++;
+    submitOf.call(queue, buffers);
+  };
+  try {
+    for (const [streamHoldMs, expected] of [[0, [1, 2, 3, 4]], [Infinity, [1, 3, 4, 4]]] as const) {
+      // Per onTokens call: command buffers submitted since the first token (prefill) came back.
+      const seen: number[] = [];
+      let base: number | undefined;
+      const r = await decode(model, c.ids, {
+        maxNewTokens: 1 + 16 + 32 + 64 + 8,
+        sampling: GREEDY,
+        skip: skipOf(c),
+        stopTokens: [],
+        streamHoldMs,
+        onTokens: () => {
+          if (base === undefined) base = submits; // the prefill's token
+          else seen.push(submits - base);
+        },
+      });
+      assert.deepEqual(r.tokens.slice(0, 48), c.greedy_ids.slice(0, 48));
+      // Chunks of 16, 32, 64, 8. The first is read before the second is submitted; with no hold
+      // allowed every one is, with any hold allowed each later one goes before the last is read.
+      assert.deepEqual(seen, expected, `streamHoldMs ${streamHoldMs}`);
+      assert.equal(r.stats.readbacks, 5);
+    }
+  } finally {
+    queue.submit = submitOf;
+    model.destroy();
+  }
+});
+
 Deno.test("decode stops at the end of the context, and a prompt that fills the context is rejected", async () => {
   const model = await Model.load(fixture("tiny-llama"), { contextLength: 12 });
   const ids = (await reference("tiny-llama"))[1].ids.slice(0, 10);

@@ -1,9 +1,10 @@
 /**
  * Plain autoregressive decoding with a GPU-resident token loop: the sampler picks each token on
  * the GPU and feeds it to the next step through the `ids` buffer, so a chunk of steps is recorded
- * into one command buffer and the chosen tokens come back in one readback per chunk. The next
- * chunk is submitted before the previous one is read, so the GPU never waits for JS. Tokens
- * computed past a stop token or the budget are discarded.
+ * into one command buffer and the chosen tokens come back in one readback per chunk. Each next
+ * chunk is recorded while the GPU runs the one before, and submitted before that one is read
+ * where the text this holds back is short (see STREAM_HOLD_MS). Tokens computed past a stop
+ * token or the budget are discarded.
  */
 import { InputError } from "../errors.ts";
 import { readBuffer, storageBuffer } from "../gpu/buffers.ts";
@@ -23,6 +24,8 @@ export interface DecodeOptions {
   onTokens?: (ids: number[]) => void;
   /** Checked between chunks; true ends generation early (Ctrl-C). */
   shouldStop?: () => boolean;
+  /** Most ms of computed text a chunk submitted early may hold back (default STREAM_HOLD_MS). */
+  streamHoldMs?: number;
 }
 
 /** One stats record for every generation strategy (JSON-serialisable). */
@@ -53,6 +56,15 @@ export interface GenerationResult {
  */
 export const FIRST_CHUNK = 16;
 export const MAX_CHUNK = 64;
+
+/**
+ * Deno's mapAsync waits for everything submitted so far, not just the buffer being mapped (the
+ * read of a chunk submitted before the next one was returns when both are done; measured). A
+ * chunk submitted before the previous one is read thus saves the GPU a ~10 ms idle gap, but holds
+ * the previous chunk's text back for its whole run. So it is submitted early only when, at the
+ * decode speed measured so far, it runs for at most this long; otherwise after the read.
+ */
+export const STREAM_HOLD_MS = 1000;
 
 /** No occurrence in `presence` (kernels/logits_processing.wgsl). */
 export const ABSENT = 0xffffffff;
@@ -114,14 +126,8 @@ export async function decode(
   });
 
   let readbacks = 0;
-  const readTokens = async (
-    first: number,
-    count: number,
-    submit: (e: GPUCommandEncoder) => void,
-  ) => {
+  const readTokens = async (first: number, count: number, encoder: GPUCommandEncoder) => {
     try {
-      const encoder = device.createCommandEncoder();
-      submit(encoder);
       readbacks++;
       const ids = await readBuffer(device, outTokens, count * 4, first * 4, encoder);
       return [...new Uint32Array(ids)];
@@ -134,43 +140,56 @@ export async function decode(
   const start = performance.now();
   const lastChunk = prefill(model, prompt, opts.skip);
   model.writeInput(prompt.slice(lastChunk), lastChunk);
-  const firstIds = await readTokens(0, 1, (encoder) => {
-    const rec = new Recorder(encoder.beginComputePass());
-    model.recordForward(rec, prompt.length - lastChunk, opts.skip, "last");
-    sample.record(rec, 1);
-    rec.pass.end();
-  });
+  const prefillEncoder = device.createCommandEncoder();
+  const prefillPass = new Recorder(prefillEncoder.beginComputePass());
+  model.recordForward(prefillPass, prompt.length - lastChunk, opts.skip, "last");
+  sample.record(prefillPass, 1);
+  prefillPass.pass.end();
+  const firstIds = await readTokens(0, 1, prefillEncoder);
   const prefillMs = performance.now() - start;
   const tokens: number[] = [firstIds[0]];
   opts.onTokens?.(tokens.slice());
 
-  // Decode: chunks of steps, each one readback, the next submitted before the previous is read.
+  // Decode: chunks of steps, each one readback; the next one recorded while the GPU runs.
   let stopReason: GenerationStats["stopReason"] = "max-new-tokens";
   if (stop.has(tokens[0])) stopReason = "stop-token";
   let scheduled = 1;
   let decodeDispatches = 0;
   const inflight: Promise<number[]>[] = [];
   const decodeStart = performance.now();
-  const schedule = () => {
+  /** The next chunk, recorded and not yet submitted. */
+  const recordChunk = () => {
     const steps = Math.min(chunkSize, budget - scheduled);
     const first = scheduled;
     scheduled += steps;
     chunkSize = Math.min(2 * chunkSize, Math.max(MAX_CHUNK, chunkSize));
-    const read = readTokens(first, steps, (encoder) => {
-      const rec = new Recorder(encoder.beginComputePass());
-      for (let i = 0; i < steps; i++) {
-        model.recordForward(rec, 1, opts.skip, "last");
-        sample.record(rec, 1);
-      }
-      rec.pass.end();
-      decodeDispatches += rec.dispatches;
-    });
+    const encoder = device.createCommandEncoder();
+    const rec = new Recorder(encoder.beginComputePass());
+    for (let i = 0; i < steps; i++) {
+      model.recordForward(rec, 1, opts.skip, "last");
+      sample.record(rec, 1);
+    }
+    rec.pass.end();
+    return { first, steps, encoder, dispatches: rec.dispatches };
+  };
+  let next = scheduled < budget ? recordChunk() : undefined;
+  const submitNext = () => {
+    decodeDispatches += next!.dispatches;
+    const read = readTokens(next!.first, next!.steps, next!.encoder);
     read.catch(() => {}); // a failure (device lost) surfaces where it is awaited, once
     inflight.push(read);
+    next = scheduled < budget ? recordChunk() : undefined;
+  };
+  /** Whether submitting `next` now holds the text in flight back at most STREAM_HOLD_MS. */
+  const holdIsShort = () => {
+    const decoded = tokens.length - 1;
+    const msPerStep = (performance.now() - decodeStart) / decoded;
+    return decoded > 0 && next!.steps * msPerStep <= (opts.streamHoldMs ?? STREAM_HOLD_MS);
   };
   let done = stopReason === "stop-token" || tokens.length >= budget;
   while (!done) {
-    while (inflight.length < 2 && scheduled < budget) schedule();
+    if (inflight.length === 0 && next) submitNext();
+    if (inflight.length === 1 && next && holdIsShort()) submitNext();
     const ids = await inflight.shift()!;
     const fresh: number[] = [];
     for (const id of ids) {
