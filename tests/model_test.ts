@@ -4,8 +4,8 @@
  */
 import assert from "node:assert/strict";
 import { decode, FIRST_CHUNK, MAX_CHUNK } from "../src/generate/decode.ts";
-import { GREEDY } from "../src/gpu/ops.ts";
-import { Model, type SkipSet } from "../src/model/model.ts";
+import { GREEDY, Recorder } from "../src/gpu/ops.ts";
+import { Model, NO_SKIP, type SkipSet } from "../src/model/model.ts";
 import { ModelTokenizer } from "../src/model/tokenizer.ts";
 
 interface ReferenceCase {
@@ -155,6 +155,50 @@ Deno.test("decode stops exactly at max-new-tokens and at a stop token, and reads
   assert.deepEqual(r.tokens, c.greedy_ids.slice(0, firstStop + 1));
   assert.equal(r.stats.stopReason, "stop-token");
   model.destroy();
+});
+
+Deno.test("a forward's dispatches are worked out once per (tokens, skip set, logits) and replayed", async () => {
+  const model = await Model.load(fixture("tiny-llama"));
+  // What each way of recording dispatches, in order.
+  const trace = (record: (rec: Recorder) => void) => {
+    const seen: [string, GPUBindGroup, number, number, number][] = [];
+    const rec = Recorder.counting();
+    rec.dispatch = (p, g, x, y = 1, z = 1) => {
+      seen.push([p.label, g, x, y, z]);
+      rec.dispatches++;
+    };
+    record(rec);
+    return seen;
+  };
+  const op = model.net.layers[3].mlp[0];
+  const recordOp = op.record.bind(op);
+  let worked = 0;
+  op.record = (rec, n) => {
+    worked++;
+    recordOp(rec, n);
+  };
+  try {
+    const skip = { attn: [1], mlp: [2] };
+    const first = trace((rec) => model.recordForward(rec, 3, skip, "all"));
+    const again = trace((rec) => model.recordForward(rec, 3, { attn: [1], mlp: [2] }, "all"));
+    assert.equal(worked, 1, "the second forward replays the tape");
+    assert.deepEqual(again, first);
+    assert.ok(first.length > 0);
+    // Each of n, the skip set and the logits mode changes the dispatches: a tape of their own.
+    for (
+      const [n, s, logits] of [[2, skip, "all"], [3, NO_SKIP, "all"], [3, skip, "last"]] as const
+    ) {
+      const other = trace((rec) => model.recordForward(rec, n, s, logits));
+      assert.notDeepEqual(other, first, `${n} ${JSON.stringify(s)} ${logits}`);
+    }
+    assert.equal(worked, 4);
+    const skipMlp3 = trace((rec) => model.recordForward(rec, 1, { attn: [], mlp: [3] }, "last"));
+    assert.equal(worked, 4, "a skipped sub-layer is not recorded");
+    assert.ok(skipMlp3.length > 0);
+  } finally {
+    op.record = recordOp;
+    model.destroy();
+  }
 });
 
 Deno.test("decode streams each chunk before submitting the next unless that holds text back briefly", async () => {

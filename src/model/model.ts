@@ -8,7 +8,7 @@ import { GpuError, InputError, ModelError } from "../errors.ts";
 import { readJson } from "../files.ts";
 import { readF32, storageBuffer } from "../gpu/buffers.ts";
 import { type Gpu, openGpu } from "../gpu/device.ts";
-import { type Op, type OpContext, Recorder, STATE_BYTES } from "../gpu/ops.ts";
+import { type Op, type OpContext, Recorder, STATE_BYTES, type Tape } from "../gpu/ops.ts";
 import { Pipelines } from "../gpu/shader.ts";
 import { type Architecture, type ModelConfig, resolveConfig } from "./config.ts";
 import { buildGemma2 } from "./gemma2.ts";
@@ -82,7 +82,11 @@ export interface LoadOptions {
   onProgress?: (loaded: number, total: number) => void;
 }
 
+/** Forward tapes a model keeps (see recordForward). */
+const MAX_TAPES = 256;
+
 export class Model {
+  #tapes = new Map<string, Tape>();
   private constructor(
     readonly dir: string,
     readonly gpu: Gpu,
@@ -174,8 +178,23 @@ export class Model {
     );
   }
 
-  /** Records a forward over the `n` tokens in `ids` at `state.pos` (both already on the GPU). */
+  /**
+   * Records a forward over the `n` tokens in `ids` at `state.pos` (both already on the GPU). Its
+   * dispatches depend only on (n, skip, logits), the GPU state doing the rest, so they are worked
+   * out once per combination and replayed from a tape after that.
+   */
   recordForward(rec: Recorder, n: number, skip: SkipSet, logits: LogitsMode) {
+    const key = `${n} ${logits} ${skip.attn.join()} ${skip.mlp.join()}`;
+    let tape = this.#tapes.get(key);
+    if (!tape) {
+      if (this.#tapes.size >= MAX_TAPES) this.#tapes.clear(); // tune-skip tries many skip sets
+      tape = Recorder.tape((r) => this.#recordOps(r, n, skip, logits));
+      this.#tapes.set(key, tape);
+    }
+    rec.play(tape);
+  }
+
+  #recordOps(rec: Recorder, n: number, skip: SkipSet, logits: LogitsMode) {
     const skipAttn = new Set(skip.attn);
     const skipMlp = new Set(skip.mlp);
     this.net.embed.record(rec, n);
