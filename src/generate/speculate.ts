@@ -16,7 +16,7 @@
 import { InputError } from "../errors.ts";
 import { readBuffer } from "../gpu/buffers.ts";
 import { throwIfGpuError } from "../gpu/device.ts";
-import { Recorder, type SamplingParams } from "../gpu/ops.ts";
+import { Recorder, type SamplingParams, type Tape } from "../gpu/ops.ts";
 import {
   allocateSpecBuffers,
   destroySpecBuffers,
@@ -264,9 +264,19 @@ export async function speculate(
       ? draftMax
       : chooseStepCap(capped, draftMax, draftStepDispatches, verifyDispatches);
   let stepCap = nextCap();
+  // A round's dispatches depend only on its cap (the GPU state does the rest): one tape per cap.
+  const roundTapes = new Map<number, Tape>();
   const recordRound = (rec: Recorder) => {
-    for (let i = 0; i < stepCap; i++) recordDraftStep(rec, i);
-    recordVerify(rec, stepCap);
+    let tape = roundTapes.get(stepCap);
+    if (!tape) {
+      const cap = stepCap;
+      tape = Recorder.tape((r) => {
+        for (let i = 0; i < cap; i++) recordDraftStep(r, i);
+        recordVerify(r, cap);
+      });
+      roundTapes.set(cap, tape);
+    }
+    rec.play(tape);
   };
   // One command buffer of rounds, its round-log slots read back at its end. Deno's mapAsync
   // waits for the whole queue to drain and then sleeps ~10 ms, so a second command buffer in
