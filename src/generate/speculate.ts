@@ -99,6 +99,8 @@ export const DEFAULT_TARGET_ACCEPTANCE = 0.9;
 /** Rounds in the first command buffer; each later one may hold twice as many as the last. */
 export const FIRST_ROUNDS_PER_READBACK = 8;
 export const DEFAULT_ROUNDS_PER_READBACK = 32;
+/** Rounds of a command buffer of rounds submitted ahead of the rest (see the round loop). */
+const LEAD_ROUNDS = 2;
 
 export function defaultDraftThreshold(sampling: SamplingParams): number {
   return sampling.temperature > 0 ? 0.5 : 0.8;
@@ -284,11 +286,19 @@ export async function speculate(
   // come (at the mean tokens per round so far), up to maxRounds.
   const submit = async (count: number): Promise<Uint32Array> => {
     device.queue.writeBuffer(buffers.spec, SPEC.stepCap * 4, new Uint32Array([stepCap]));
-    const encoder = device.createCommandEncoder();
-    const rec = new Recorder(encoder.beginComputePass());
-    for (let r = 0; r < count; r++) recordRound(rec);
-    rec.pass.end();
-    dispatches += rec.dispatches;
+    // The first rounds go in a command buffer of their own, so the GPU starts on them while the
+    // rest are recorded and finished (wgpu's finish() costs ~2 us a dispatch); one readback.
+    const record = (rounds: number) => {
+      const encoder = device.createCommandEncoder();
+      const rec = new Recorder(encoder.beginComputePass());
+      for (let r = 0; r < rounds; r++) recordRound(rec);
+      rec.pass.end();
+      dispatches += rec.dispatches;
+      return encoder;
+    };
+    const head = Math.min(count - 1, LEAD_ROUNDS);
+    if (head > 0) device.queue.submit([record(head).finish()]);
+    const encoder = record(count - head);
     readbacks++;
     const offset = (rounds.length % logCapacity) * ROUND_LOG.words * 4;
     const bytes = count * ROUND_LOG.words * 4;
