@@ -282,6 +282,22 @@ Deno.test("a stop token inside a draft ends speculation right after it, as in de
   assert.ok(midRound > 0, "at least one stop must fall inside an accepted draft");
 });
 
+Deno.test("command buffers of rounds that wrap around the round log's ring read back whole", async () => {
+  // A log of 12 slots: batches of 8, then up to 12 starting at slot 8, so most batches wrap. A
+  // misread slot fails speculate() itself (each log entry names its round) or the tokens.
+  const target = await Model.load(fixture("tiny-llama-ls"));
+  const ids = await promptIds("tiny-llama-ls", "ROMEO:\n");
+  const plain = await greedyDecode(target, ids, 80);
+  const got = await greedySpeculate(target, ids, { kind: "self", skip: SKIP_LS }, {
+    maxNewTokens: 80,
+    roundsPerReadback: 12,
+  });
+  assert.deepEqual(got.tokens, plain.tokens);
+  assert.ok(got.stats.rounds > 20, `${got.stats.rounds} rounds`);
+  assert.ok(got.stats.readbacks >= 3);
+  target.destroy();
+});
+
 Deno.test("speculation stops at the end of the context, mid-round, like decode", async () => {
   const target = await Model.load(fixture("tiny-llama-ls"), { contextLength: 24 });
   const draftModel = await Model.load(fixture("tiny-draft"), { contextLength: 24 });

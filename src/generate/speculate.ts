@@ -14,7 +14,7 @@
  * readback. Rounds after the end of generation are no-ops.
  */
 import { InputError } from "../errors.ts";
-import { readBuffer } from "../gpu/buffers.ts";
+import { readRanges } from "../gpu/buffers.ts";
 import { throwIfGpuError } from "../gpu/device.ts";
 import { Recorder, type SamplingParams, type Tape } from "../gpu/ops.ts";
 import {
@@ -300,9 +300,13 @@ export async function speculate(
     if (head > 0) device.queue.submit([record(head).finish()]);
     const encoder = record(count - head);
     readbacks++;
-    const offset = (rounds.length % logCapacity) * ROUND_LOG.words * 4;
-    const bytes = count * ROUND_LOG.words * 4;
-    return new Uint32Array(await readBuffer(device, buffers.roundLog, bytes, offset, encoder));
+    // Round r's log sits in slot r % logCapacity: a batch may wrap around the end of the ring.
+    const entries = (n: number) => n * ROUND_LOG.words * 4;
+    const start = rounds.length % logCapacity;
+    const beforeEnd = Math.min(count, logCapacity - start);
+    const ranges = [{ offset: entries(start), bytes: entries(beforeEnd) }];
+    if (beforeEnd < count) ranges.push({ offset: 0, bytes: entries(count - beforeEnd) });
+    return new Uint32Array(await readRanges(device, buffers.roundLog, ranges, encoder));
   };
 
   const tokens: number[] = [];
@@ -314,9 +318,9 @@ export async function speculate(
   while (!finished) {
     const perRound = rounds.length ? tokens.length / rounds.length : 2;
     const wanted = Math.ceil((budget - tokens.length) / perRound);
-    const slotsLeft = logCapacity - rounds.length % logCapacity; // slots are not wrapped
-    const limit = Math.min(maxRounds, FIRST_ROUNDS_PER_READBACK * 2 ** readbacks);
-    const batch = Math.max(1, Math.min(limit, wanted, slotsLeft));
+    const limit = FIRST_ROUNDS_PER_READBACK * 2 ** readbacks;
+    // A few rounds past the limit rather than a readback (~10 ms) of their own after it.
+    const batch = Math.max(1, Math.min(wanted <= limit * 1.25 ? wanted : limit, maxRounds));
     const first = rounds.length;
     const log = await submit(batch);
     const f32 = new Float32Array(log.buffer);

@@ -46,19 +46,43 @@ export function uniformBuffer(device: GPUDevice, fields: Field[], label: string)
  * Reads `bytes` from `source` at `offset` (one round trip: costs >= 10 ms in Deno 2.9). With
  * `encoder`, the copy is appended to that encoder's work, which is submitted with it.
  */
-export async function readBuffer(
+export function readBuffer(
   device: GPUDevice,
   source: GPUBuffer,
   bytes: number,
   offset = 0,
   encoder = device.createCommandEncoder(),
 ): Promise<ArrayBuffer> {
+  return readRanges(device, source, [{ offset, bytes }], encoder);
+}
+
+/**
+ * Reads several ranges of `source` in one round trip, concatenated in order (e.g. a ring buffer's
+ * tail and head). Every range but the last must be a multiple of 4 bytes long.
+ */
+export async function readRanges(
+  device: GPUDevice,
+  source: GPUBuffer,
+  ranges: { offset: number; bytes: number }[],
+  encoder = device.createCommandEncoder(),
+): Promise<ArrayBuffer> {
   try {
+    let bytes = 0;
+    for (const r of ranges) {
+      if (bytes % 4 !== 0) {
+        throw new RangeError("readRanges: a range before the last is not whole words");
+      }
+      bytes += r.bytes;
+    }
     const staging = device.createBuffer({
       size: align4(bytes),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
-    encoder.copyBufferToBuffer(source, offset, staging, 0, align4(bytes));
+    let at = 0;
+    for (const r of ranges) {
+      encoder.copyBufferToBuffer(source, r.offset, staging, at, align4(r.bytes));
+      at += r.bytes;
+    }
     device.queue.submit([encoder.finish()]);
     await mapForRead(staging);
     const copy = staging.getMappedRange().slice(0, bytes);
