@@ -385,7 +385,8 @@ attentionBenches(
   // As weights are held (src/gpu/ops.ts WeightMatrix): rows of texels, one run per row.
   const rowBytes = STREAM_READ_RUN * TEXEL_BYTES;
   const rows = Math.min(device.limits.maxTextureDimension2D, bytes / rowBytes);
-  const texture = weightTexture(device, STREAM_READ_RUN, rows, "stream texture");
+  const words = new Uint32Array(rows * rowBytes / 4).map((_, i) => Math.imul(i, 2654435761));
+  const texture = weightTexture(device, STREAM_READ_RUN, rows, "stream texture", words);
   const op = streamReadOp(ctx, { src: texture, bytes: rows * rowBytes, out });
   bench(
     group,

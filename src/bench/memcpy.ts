@@ -53,13 +53,8 @@ export async function measureWeightRead(gpu: Gpu, repeats: number): Promise<Ceil
   const rowBytes = STREAM_READ_RUN * TEXEL_BYTES;
   const rows = Math.min(device.limits.maxTextureDimension2D, (64 << 20) / rowBytes);
   const bytes = rows * rowBytes;
-  // Written, as weights are (see weightTexture).
-  const src = weightTexture(device, STREAM_READ_RUN, rows, "stream_read src");
   const pattern = new Uint32Array(bytes / 4).map((_, i) => Math.imul(i, 2654435761));
-  device.queue.writeTexture({ texture: src }, pattern, { bytesPerRow: rowBytes }, [
-    STREAM_READ_RUN,
-    rows,
-  ]);
+  const src = weightTexture(device, STREAM_READ_RUN, rows, "stream_read src", pattern);
   const usage = GPUBufferUsage.STORAGE;
   const out = device.createBuffer({ size: rows * 4, usage, label: "out" });
   const state = device.createBuffer({ size: STATE_BYTES, usage, label: "state" });

@@ -46,22 +46,29 @@ const PIECE_BYTES = 64 << 20;
 export const TEXEL_BYTES = 16;
 
 /**
- * A texture laid out as weights are: `height` rows of `width` rgba32uint texels. It is written
- * before use (COPY_DST): one that wgpu must zero itself leaves lavapipe's timestamps of every later
- * pass missing its first dispatch (bench's kernel table read ~0.05 ms per call).
+ * A texture laid out as weights are: `height` rows of `width` rgba32uint texels, filled with
+ * `contents` (row by row) when given. It is written before use (COPY_DST): one that wgpu must zero
+ * itself leaves lavapipe's timestamps of every later pass missing its first dispatch (bench's
+ * kernel table read ~0.05 ms per call).
  */
 export function weightTexture(
   device: GPUDevice,
   width: number,
   height: number,
   label: string,
+  contents?: Uint32Array<ArrayBuffer>,
 ): GPUTexture {
-  return device.createTexture({
+  const texture = device.createTexture({
     label,
     size: [width, height],
     format: "rgba32uint",
     usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
   });
+  if (contents) {
+    const bytesPerRow = width * TEXEL_BYTES;
+    device.queue.writeTexture({ texture }, contents, { bytesPerRow }, [width, height]);
+  }
+  return texture;
 }
 
 /**
