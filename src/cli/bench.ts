@@ -138,12 +138,11 @@ export async function runBench(argv: string[]): Promise<number> {
     : (await readPrompts(flags.prompts ?? fixture("calibration_prompts.txt")))
       .slice(0, settings.prompts);
   // Unknown shapes and missing folders fail now; the largest model sets lavapipe's threading.
+  const folders = synthetic ? [] : await Promise.all(models.map((name) => resolveModelDir(name)));
   const matrixBytes = synthetic
     ? synthetic.map((shape) => meanMatrixBytes(syntheticSource(shape, flags.layers).tensors))
     : await Promise.all(
-      models.map(async (name) =>
-        meanMatrixBytes(await loadSafetensorsIndex(await resolveModelDir(name)))
-      ),
+      folders.map(async (dir) => meanMatrixBytes(await loadSafetensorsIndex(dir))),
     );
   const gpu = await openGpu({ meanMatrixBytes: Math.max(...matrixBytes) });
   const report: BenchReport = {
@@ -166,7 +165,7 @@ export async function runBench(argv: string[]): Promise<number> {
     const target = synthetic
       ? await syntheticTarget(name, flags.layers, settings.prompts, flags.skip)
       : await folderTarget(
-        await resolveModelDir(name),
+        folders[i],
         promptTexts,
         flags["draft-model"],
         flags.skip,

@@ -185,8 +185,9 @@ export async function decode(
   /** Whether submitting `next` now holds the text in flight back at most STREAM_HOLD_MS. */
   const holdIsShort = () => {
     const decoded = tokens.length - 1;
+    if (decoded === 0) return false; // no speed measured yet
     const msPerStep = (performance.now() - decodeStart) / decoded;
-    return decoded > 0 && next!.steps * msPerStep <= (opts.streamHoldMs ?? STREAM_HOLD_MS);
+    return next!.steps * msPerStep <= (opts.streamHoldMs ?? STREAM_HOLD_MS);
   };
   let done = stopReason === "stop-token" || tokens.length >= budget;
   while (!done) {
