@@ -12,7 +12,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;            // (T)
-@group(0) @binding(2) var table: texture_2d<u32>;                   // (rows, C) this chunk, texels
+@group(0) @binding(2) var table: texture_storage_2d<rgba32uint, read>; // (rows, C) this chunk
 @group(0) @binding(3) var<storage, read_write> h: array<f32>;        // (T, C)
 
 @compute @workgroup_size(64)

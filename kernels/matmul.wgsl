@@ -7,10 +7,14 @@
 // over the 8 SIMD lanes with a bounds check per lane and component (the same cost whether the
 // address is uniform or not), while arithmetic is cheap: a kernel's cost is mostly its count of
 // load instructions, about rows * C / 8 for the weights plus (TOKENS x loads per 8 columns) per
-// invocation. Weights are texel fetches from an rgba32uint texture (a texel: one 16-byte word of a
-// row as stored), which lavapipe runs ~1.2x faster than the same bytes' storage loads: time per
-// call, storage over texture, 1.20x on the Llama-3.2-1B gate/up (8192x2 x 2048), 1.25x on down
-// (2048 x 8192), 1.0-1.4x on the fixtures' shapes (median of 15 interleaved pairs).
+// invocation. Weights are loads from a read-only storage texture, rgba32uint (a texel: one 16-byte
+// word of a row as stored). lavapipe runs a sampled texture's texel fetch as a call into a generic
+// sampling function that gathers the mip level's offsets and strides lane by lane, but a storage
+// texture's load inline: a bounds check, then one 16-byte load per lane. Measured: a kernel
+// streaming 4 MiB reads 6.5 GB/s from a storage texture against 3.3 from a sampled one and 1.3
+// from a storage buffer; tiny-llama's matmuls take 0.58-0.73x the time they took sampled (GPU
+// timestamps, 3 bench runs: decode step 4.0-5.0 -> 2.9-3.3 ms). A sampled texture had been ~1.2x
+// faster than a storage buffer (1.20x on the Llama-3.2-1B gate/up, 1.25x on down).
 // src/gpu/ops.ts (matmulGeometry) picks ROWS, TOKENS and WG per shape; bench/kernels_bench.ts
 // measures the alternatives.
 //
@@ -82,7 +86,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> state: State;
-@group(0) @binding(2) var w: texture_2d<u32>;  // (rows, C) or (2 rows, C) for GLU, a word a texel
+// W: (rows, C), or (2 rows, C) for GLU, a 16-byte word a texel
+@group(0) @binding(2) var w: texture_storage_2d<rgba32uint, read>;
 #if X_UNIFORM
 @group(0) @binding(3) var<uniform> x: array<vec4<f32>, X_VEC4S>;  // the first X_VEC4S of (n, x_stride)
 #else

@@ -11,8 +11,8 @@
 //
 // Defines:
 //   RUN      vec4s per invocation (a multiple of 4)
-//   TEXTURE  the source is an rgba32uint texture of RUN texels per row, run i in row i (how decode
-//            reads weights: src/gpu/ops.ts WeightMatrix); else a storage buffer
+//   TEXTURE  the source is a read-only rgba32uint storage texture of RUN texels per row, run i in
+//            row i (how decode reads weights: src/gpu/ops.ts WeightMatrix); else a storage buffer
 
 struct Params {
   vec4s: u32,  // length of the source in vec4<u32>
@@ -20,7 +20,7 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 #if TEXTURE
-@group(0) @binding(1) var src: texture_2d<u32>;                  // (ceil(vec4s / RUN), RUN)
+@group(0) @binding(1) var src: texture_storage_2d<rgba32uint, read>; // (ceil(vec4s / RUN), RUN)
 #else
 @group(0) @binding(1) var<storage, read> src: array<vec4<u32>>;  // (vec4s)
 #endif
@@ -29,7 +29,7 @@ struct Params {
 // vec4 k of run i.
 fn load(i: u32, k: u32) -> vec4<u32> {
 #if TEXTURE
-  return textureLoad(src, vec2<u32>(k, i), 0);
+  return textureLoad(src, vec2<u32>(k, i));
 #else
   return src[i * RUN + k];
 #endif

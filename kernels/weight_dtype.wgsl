@@ -1,7 +1,8 @@
 // Weight decoding, included by kernels that read model weights. Weights are read in blocks of 8
 // consecutive elements (one vec4<u32> of half-precision pairs, or two vec4<f32>), so a matrix's
-// column count must be a multiple of 8 (true of every real model). A matrix lives in rgba32uint
-// textures, one 16-byte word of a row per texel (src/gpu/ops.ts WeightMatrix). Half-precision
+// column count must be a multiple of 8 (true of every real model). A matrix lives in read-only
+// rgba32uint storage textures, one 16-byte word of a row per texel (src/gpu/ops.ts WeightMatrix;
+// why storage textures: matmul.wgsl). Half-precision
 // weights stay half on the GPU, element 2i in the low half of word i; a bf16 is the top 16 bits of
 // an f32, so widening is a shift and a bitcast (exact).
 
@@ -34,9 +35,10 @@ fn decode_block(w: array<WeightWord, 2>) -> array<vec4<f32>, 2> {
 
 // The 8 weights of texture row `row` from word `word` on (block-aligned: a multiple of
 // WORDS_PER_BLOCK).
-fn weight_block(t: texture_2d<u32>, row: u32, word: u32) -> array<vec4<f32>, 2> {
+alias WeightTexture = texture_storage_2d<rgba32uint, read>;
+fn weight_block(t: WeightTexture, row: u32, word: u32) -> array<vec4<f32>, 2> {
   return decode_block(array<WeightWord, 2>(
-    bitcast<WeightWord>(textureLoad(t, vec2<u32>(word, row), 0)),
-    bitcast<WeightWord>(textureLoad(t, vec2<u32>(word + WORDS_PER_BLOCK - 1u, row), 0)),
+    bitcast<WeightWord>(textureLoad(t, vec2<u32>(word, row))),
+    bitcast<WeightWord>(textureLoad(t, vec2<u32>(word + WORDS_PER_BLOCK - 1u, row))),
   ));
 }

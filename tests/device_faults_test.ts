@@ -2,12 +2,13 @@
  * The GPU failing under a run: device loss mid-generation (simulated with device.destroy()) ends in
  * a one-line GpuError after the tokens streamed so far, never a hang or a stray rejection, and the
  * next model load gets a new device; a context whose K/V cannot fit the device fails before any
- * work, naming the limit.
+ * work, naming the limit; a WebGPU lacking a WGSL feature the kernels need is named in one line.
  */
 import assert from "node:assert/strict";
 import { decode } from "../src/generate/decode.ts";
 import { speculate } from "../src/generate/speculate.ts";
 import { GpuError } from "../src/errors.ts";
+import { checkWgslFeatures, REQUIRED_WGSL_FEATURES } from "../src/gpu/device.ts";
 import { GREEDY } from "../src/gpu/ops.ts";
 import { Model, NO_SKIP } from "../src/model/model.ts";
 import { assertOneLineError, editedConfig, FIXTURE, modelWith, skipspec } from "./helpers/cli.ts";
@@ -106,4 +107,16 @@ Deno.test("a context whose K/V cannot fit the GPU fails before loading, naming t
   );
   assert.ok(performance.now() - started < 30_000, "no work that scales with the context first");
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("a WebGPU without read-only storage textures gets a one-line error naming the feature", () => {
+  assert.doesNotThrow(() => checkWgslFeatures(new Set(REQUIRED_WGSL_FEATURES)));
+  for (const available of [new Set<string>(), undefined]) {
+    assert.throws(() => checkWgslFeatures(available), (e: Error) => {
+      assert.ok(e instanceof GpuError);
+      assert.match(e.message, /lacks the WGSL feature readonly_and_readwrite_storage_textures/);
+      assert.equal(e.message.split("\n").length, 1);
+      return true;
+    });
+  }
 });

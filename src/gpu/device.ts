@@ -132,6 +132,11 @@ async function requestGpu(workload: GpuWorkload | undefined): Promise<Gpu> {
   const { result: found, threads } = await withLavapipeThreads(workload, requestDevice);
   if (!found) throw new GpuError(NO_ADAPTER);
   const { adapter, device } = found;
+  // Deno's GPU type lacks the standard wgslLanguageFeatures (Deno 2.9 has the property).
+  checkWgslFeatures(
+    (navigator.gpu as { wgslLanguageFeatures?: ReadonlySetLike<string> })
+      .wgslLanguageFeatures,
+  );
   const limits = adapter.limits;
   lost = undefined;
   device.lost.then((info) => {
@@ -151,6 +156,21 @@ async function requestGpu(workload: GpuWorkload | undefined): Promise<Gpu> {
     limits: limitsRecord(limits),
     lavapipeThreads: threads,
   };
+}
+
+/** WGSL language features the kernels need (weights are read-only storage textures). */
+export const REQUIRED_WGSL_FEATURES = ["readonly_and_readwrite_storage_textures"];
+
+/** Throws a one-line GpuError naming the first of REQUIRED_WGSL_FEATURES `available` lacks. */
+export function checkWgslFeatures(available: ReadonlySetLike<string> | undefined): void {
+  for (const feature of REQUIRED_WGSL_FEATURES) {
+    if (!available?.has(feature)) {
+      throw new GpuError(
+        `this WebGPU lacks the WGSL feature ${feature} (skipspec reads weights through ` +
+          "read-only storage textures): use Deno 2.9 or newer",
+      );
+    }
+  }
 }
 
 /** The default adapter and a device with its full limits and features we use; null: no adapter. */

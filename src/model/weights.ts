@@ -62,7 +62,8 @@ export function weightTexture(
     label,
     size: [width, height],
     format: "rgba32uint",
-    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.COPY_DST,
+    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING |
+      GPUTextureUsage.COPY_DST,
   });
   if (contents) {
     const bytesPerRow = width * TEXEL_BYTES;
