@@ -1,7 +1,9 @@
 // The weight-read ceiling of `bench --memcpy`: how fast a kernel can stream bytes out of GPU
-// memory on this device, the rate decode's weight reads can approach at best (a buffer copy runs
-// in the driver, not in a shader, and can be much faster: on lavapipe every storage load is a loop
-// over the SIMD lanes with a bounds check per lane and component, see matmul.wgsl).
+// memory on this device, the rate decode's weight reads can approach at best. A buffer copy runs
+// in the driver, not in a shader: on lavapipe this kernel streams a read-only storage texture at
+// or above a (single-threaded) copy's speed, and a storage buffer far below it, since every
+// storage load is a loop over the SIMD lanes with a bounds check per lane and component (see
+// matmul.wgsl).
 //
 // out[i] = XOR of the u32 words of vec4s i * RUN .. (i + 1) * RUN of the source (those below
 // params.vec4s), for every invocation i < ceil(vec4s / RUN). Each invocation streams one
