@@ -31,6 +31,7 @@ import {
   type WeightMatrix,
 } from "../src/gpu/ops.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
+import { kvLayout, kvTexture } from "../src/model/kv_cache.ts";
 import { createMatrix, TEXEL_BYTES, weightTexture, writeMatrixRows } from "../src/model/weights.ts";
 
 /** Dispatches per iteration on the fixture shapes (fewer on the 1B-like ones: `reps`). */
@@ -60,6 +61,14 @@ function f32Buffer(count: number, a = 1, label = "data"): GPUBuffer {
   const buffer = storageBuffer(device, count * 4, label, { uniform: true });
   device.queue.writeBuffer(buffer, 0, values(count, a));
   return buffer;
+}
+
+/** K and V caches of `ctxLen` positions filled with values, as the model lays them out. */
+function kvCaches(ctxLen: number, nKv: number, headDim: number) {
+  const layout = kvLayout(nKv, headDim, ctxLen, device.limits.maxTextureDimension2D);
+  const cache = (label: string) =>
+    kvTexture(device, layout, label, values(ctxLen * nKv * headDim)).createView();
+  return { k: cache("k"), v: cache("v"), kvWidth: layout.width };
 }
 
 /** A bf16 matrix (rows x cols), `stack` matrices per chunk (2: gate and up). */
@@ -235,8 +244,7 @@ function qkvRopeBenches(
     headDim: d,
     ctxLen: s.ctxLen,
     cosSin: f32Buffer(s.ctxLen * d),
-    k: f32Buffer(s.ctxLen * s.nKv * d),
-    v: f32Buffer(s.ctxLen * s.nKv * d),
+    ...kvCaches(s.ctxLen, s.nKv, d),
   };
   const store = matmulOp(ctx, {
     w,
@@ -284,7 +292,7 @@ interface AttentionBenchShape {
 /** attention.wgsl with explicit HEADS / TOKENS (bindings as in attentionOp; WG is 8). */
 function attentionVariant(
   s: AttentionBenchShape,
-  io: { q: GPUBuffer; k: GPUBuffer; v: GPUBuffer; out: GPUBuffer },
+  io: { q: GPUBuffer; k: GPUTextureView; v: GPUTextureView; kvWidth: number; out: GPUBuffer },
   v: { heads: number; tokens: number },
   n: number,
 ) {
@@ -304,12 +312,13 @@ function attentionVariant(
     ["u32", 0],
     ["f32", 1 / Math.sqrt(s.headDim)],
     ["f32", 0],
+    ["u32", io.kvWidth],
   ], "attention");
   const group = device.createBindGroup({
     layout: pipeline.getBindGroupLayout(0),
-    entries: [params, ctx.state, io.q, io.k, io.v, io.out].map((buffer, binding) => ({
+    entries: [params, ctx.state, io.q, io.k, io.v, io.out].map((resource, binding) => ({
       binding,
-      resource: { buffer },
+      resource: resource instanceof GPUBuffer ? { buffer: resource } : resource,
     })),
   });
   const x = s.nKv * (s.nHeads / s.nKv / v.heads);
@@ -325,8 +334,7 @@ function attentionBenches(
   const d = s.headDim;
   const io = {
     q: f32Buffer(8 * s.nHeads * d),
-    k: f32Buffer(s.ctxLen * s.nKv * d),
-    v: f32Buffer(s.ctxLen * s.nKv * d),
+    ...kvCaches(s.ctxLen, s.nKv, d),
     out: f32Buffer(8 * s.nHeads * d),
   };
   const shape = { nHeads: s.nHeads, nKv: s.nKv, headDim: d };

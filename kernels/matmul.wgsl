@@ -62,7 +62,8 @@
 //                   heads an invocation's two groups are dimensions 4b .. 4b + 3 of a head and
 //                   their rotation partners D/2 + 4b .., so it rotates what it computed (HF's
 //                   rotate_half, angle (pos + t) * inv_freq[i] from the cos/sin table) and writes
-//                   q to y, k to k_cache[pos + t]; v rows go to v_cache[pos + t] as computed.
+//                   q to y, k to k_cache[pos + t]; v rows go to v_cache[pos + t] as computed
+//                   (the caches are write-only storage textures, src/model/kv_cache.ts).
 //                   Tokens at or past the cache capacity are not written. A weight chunk starts
 //                   at a head boundary (src/model/weights.ts planChunks' alignment).
 #include "weight_dtype.wgsl"
@@ -80,6 +81,7 @@ struct Params {
   n_kv: u32,        //   the cache capacity in positions
   head_dim: u32,
   ctx: u32,
+  kv_width: u32,    // EPILOGUE_ROPE: texels a row of the K/V textures (src/model/kv_cache.ts)
 }
 
 #include "state.wgsl"
@@ -103,8 +105,10 @@ struct Params {
 #endif
 #if EPILOGUE_ROPE
 @group(0) @binding(6) var<storage, read> cos_sin: array<vec4<f32>>;       // (ctx, D/2) (cos, sin) pairs
-@group(0) @binding(7) var<storage, read_write> k_cache: array<vec4<f32>>; // (ctx, n_kv, D)
-@group(0) @binding(8) var<storage, read_write> v_cache: array<vec4<f32>>; // (ctx, n_kv, D)
+// The K/V caches, (ctx, n_kv, D) flattened into rows of kv_width texels: vec4 i is texel
+// (i % kv_width, i / kv_width).
+@group(0) @binding(7) var k_cache: texture_storage_2d<rgba32float, write>;
+@group(0) @binding(8) var v_cache: texture_storage_2d<rgba32float, write>;
 #endif
 
 // Tokens are matrix columns: a Cols holds, for each token of a quad (up to 4 tokens), 4 values:
@@ -283,6 +287,12 @@ fn finish(acc: Cols, up: Cols, r: u32, t0: u32, n: u32, scale: vec4<f32>) {
 }
 
 #if EPILOGUE_ROPE
+// The K/V texel of flat vec4 index i. A texture row holds whole positions, so a head row's
+// texels share a row.
+fn kv_texel(i: u32) -> vec2<u32> {
+  return vec2<u32>(i % params.kv_width, i / params.kv_width);
+}
+
 // The first rows of an invocation's two groups, which start at `first` (a multiple of 8, chunk
 // rows): in a q or k head, dimensions 4b .. 4b + 3 and D/2 + 4b .. (b = the invocation's place in
 // the head); in the v heads, 8 consecutive rows.
@@ -312,9 +322,9 @@ fn finish_rope(lo: Cols, hi: Cols, rows: vec2<u32>, t0: u32, n: u32, scale: vec4
     let a = column(lo, t) * scale[t];
     let b = column(hi, t) * scale[t];
     if (head >= params.n_heads + params.n_kv) {    // v: rows.x .. rows.x + 7 as computed
-      let at = (pos * params.n_kv + head - params.n_heads - params.n_kv) * dv + i;
-      v_cache[at] = a;
-      v_cache[at + 1u] = b;
+      let at = kv_texel((pos * params.n_kv + head - params.n_heads - params.n_kv) * dv + i);
+      textureStore(v_cache, at, a);
+      textureStore(v_cache, at + vec2<u32>(1u, 0u), b);
       continue;
     }
     // (cos, sin) of the 4 rotation pairs (i .. i + 3 of the first half) at this position.
@@ -332,9 +342,9 @@ fn finish_rope(lo: Cols, hi: Cols, rows: vec2<u32>, t0: u32, n: u32, scale: vec4
         y[at + 4u * half + j] = rb[j];
       }
     } else {
-      let at = (pos * params.n_kv + head - params.n_heads) * dv + i;
-      k_cache[at] = ra;
-      k_cache[at + half] = rb;
+      let at = kv_texel((pos * params.n_kv + head - params.n_heads) * dv + i);
+      textureStore(k_cache, at, ra);
+      textureStore(k_cache, at + vec2<u32>(half, 0u), rb);
     }
   }
 }

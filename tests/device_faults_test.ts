@@ -103,7 +103,7 @@ Deno.test("a context whose K/V cannot fit the GPU fails before loading, naming t
   assertOneLineError(
     run,
     4,
-    /context of 67108864 tokens needs \d+ bytes of K\/V per layer, over this GPU's storage binding limit of \d+ bytes: use --context \d+ or less/,
+    /context of 67108864 tokens needs K\/V textures \d+ texels wide per layer, over this GPU's texture size limit of \d+: use --context \d+ or less/,
   );
   assert.ok(performance.now() - started < 30_000, "no work that scales with the context first");
   await Deno.remove(dir, { recursive: true });

@@ -83,10 +83,10 @@ Deno.test("info --model reports parameters, dtype, GPU bytes and K/V cache, and 
   }
 });
 
-Deno.test("info says NO when the context's K/V cache exceeds the storage binding limit", async () => {
-  const limit = (await info([])).adapter.limits.maxStorageBufferBindingSize;
-  const perToken = 2 * 32 * 4; // n_kv x head_dim x f32
-  const context = Math.floor(limit / perToken) + 1;
+Deno.test("info says NO when the context's K/V cache does not fit the texture size limit", async () => {
+  const maxDim = (await info([])).adapter.limits.maxTextureDimension2D;
+  const positionTexels = (2 * 32) / 4; // n_kv x head_dim / 4 (rgba32float texels)
+  const context = Math.floor(maxDim / positionTexels) * maxDim + 1;
   const dir = await modelWith(FIXTURE, {
     "config.json": await editedConfig(FIXTURE, (c) => (c.max_position_embeddings = context)),
   });

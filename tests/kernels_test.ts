@@ -27,6 +27,13 @@ import {
 } from "../src/gpu/ops.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
 import { ModelError } from "../src/errors.ts";
+import {
+  KV_TEXEL_BYTES,
+  type KvLayout,
+  kvLayout,
+  kvTexture,
+  maxKvContext,
+} from "../src/model/kv_cache.ts";
 import { createMatrix, toF32, weightTexture, writeMatrixRows } from "../src/model/weights.ts";
 import * as ref from "./reference/cpu_ops.ts";
 
@@ -111,6 +118,22 @@ class Buffers {
     this.#all.push(texture);
     return texture;
   }
+  /**
+   * A K/V cache texture holding `values` (ctxLen, nKv, headDim) in the model's layout, for a GPU
+   * whose textures are at most max(2 positions' width, ctxLen / 2) texels: caches longer than
+   * that put two positions in a texture row, so the tests cover the folded layout too.
+   */
+  kv(
+    values: Float32Array,
+    shape: { nKv: number; headDim: number; ctxLen: number },
+    label: string,
+  ) {
+    const positionTexels = (shape.nKv * shape.headDim) / 4;
+    const maxDim = Math.max(2 * positionTexels, Math.ceil(shape.ctxLen / 2));
+    const layout = kvLayout(shape.nKv, shape.headDim, shape.ctxLen, maxDim);
+    const texture = this.ownTexture(kvTexture(device, layout, label, values));
+    return { view: texture.createView(), texture, layout };
+  }
   /** Destroys a weight matrix's textures with the rest. */
   track<T extends { chunks: { texture: GPUTexture }[] }>(m: T): T {
     this.#all.push(...m.chunks.map((c) => c.texture));
@@ -122,10 +145,10 @@ class Buffers {
   }
 }
 
-async function withBuffers(fn: (b: Buffers) => void | Promise<void>) {
+async function withBuffers<T>(fn: (b: Buffers) => T | Promise<T>): Promise<T> {
   const b = new Buffers();
   try {
-    await fn(b);
+    return await fn(b);
   } finally {
     b.destroy();
   }
@@ -564,6 +587,32 @@ interface RopeCase {
   geometry?: Partial<MatmulGeometry>;
 }
 
+/** The first `count` values of a K/V cache texture (Buffers.kv), flat (ctxLen, nKv, headDim). */
+async function readKv(
+  kv: { texture: GPUTexture; layout: KvLayout },
+  count: number,
+): Promise<Float32Array> {
+  const { width, height } = kv.layout;
+  const rowBytes = Math.ceil((width * KV_TEXEL_BYTES) / 256) * 256; // copies align rows to 256
+  const staging = device.createBuffer({
+    size: rowBytes * height,
+    usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST | GPUBufferUsage.STORAGE,
+  });
+  const encoder = device.createCommandEncoder();
+  encoder.copyTextureToBuffer({ texture: kv.texture }, { buffer: staging, bytesPerRow: rowBytes }, [
+    width,
+    height,
+  ]);
+  device.queue.submit([encoder.finish()]);
+  const padded = await readF32(device, staging, (rowBytes / 4) * height);
+  staging.destroy();
+  const flat = new Float32Array(width * 4 * height);
+  for (let y = 0; y < height; y++) {
+    flat.set(padded.subarray((y * rowBytes) / 4, (y * rowBytes) / 4 + width * 4), y * width * 4);
+  }
+  return flat.subarray(0, count);
+}
+
 /** Random inputs of a rope-kv case and what the CPU reference makes of them. */
 function ropeCase(c: RopeCase) {
   const label = `matmul rope-kv ${JSON.stringify(c)}`;
@@ -614,8 +663,9 @@ function ropeOp(b: Buffers, c: RopeCase, r: ReturnType<typeof ropeCase>) {
   assert.equal(w.chunks.length, c.chunkRows ? Math.ceil(r.rows / c.chunkRows) : 1);
   writeMatrixRows(device, w, 0, r.weights.bytes);
   const q = b.upload(r.args.q, "q");
-  const k = b.upload(r.args.kCache, "k");
-  const v = b.upload(r.args.vCache, "v");
+  const cache = { nKv: c.nKv, headDim: c.headDim, ctxLen: r.ctxLen };
+  const k = b.kv(r.args.kCache, cache, "k");
+  const v = b.kv(r.args.vCache, cache, "v");
   const op = matmulOp(ctx, {
     w,
     x: b.upload(r.x, "x"),
@@ -630,26 +680,31 @@ function ropeOp(b: Buffers, c: RopeCase, r: ReturnType<typeof ropeCase>) {
       headDim: c.headDim,
       ctxLen: r.ctxLen,
       cosSin: b.upload(r.args.cosSin, "cos_sin"),
-      k,
-      v,
+      k: k.view,
+      v: v.view,
+      kvWidth: k.layout.width,
     },
     geometry: c.geometry,
   });
   return { op, q, k, v };
 }
 
-/** Runs the fused q/k/v + RoPE + K/V append on random input; q and both caches compared whole. */
-async function checkRopeKv(c: RopeCase) {
+/**
+ * Runs the fused q/k/v + RoPE + K/V append on random input; q and both caches compared whole.
+ * Returns the caches' layout.
+ */
+async function checkRopeKv(c: RopeCase): Promise<KvLayout> {
   const r = ropeCase(c);
-  await withBuffers(async (b) => {
+  return await withBuffers(async (b) => {
     const { op, q, k, v } = ropeOp(b, c, r);
     run(op, c.pos, c.n, c.recordN);
     const want = ref.ropeKvRef(r.args);
     const row = c.nKv * c.headDim;
     const label = r.label;
     assertClose(await readF32(device, q, r.args.q.length), want.q, TOL, `${label} q`, c.headDim);
-    assertClose(await readF32(device, k, r.cacheLen), want.kCache, TOL, `${label} k cache`, row);
-    assertClose(await readF32(device, v, r.cacheLen), want.vCache, TOL, `${label} v cache`, row);
+    assertClose(await readKv(k, r.cacheLen), want.kCache, TOL, `${label} k cache`, row);
+    assertClose(await readKv(v, r.cacheLen), want.vCache, TOL, `${label} v cache`, row);
+    return k.layout;
   });
 }
 
@@ -687,6 +742,35 @@ Deno.test("q/k/v + RoPE recorded for more tokens than state.n, or past the cache
   await checkRopeKv({ nHeads: 4, nKv: 2, headDim: 32, pos: 6, n: 5, spare: -2 });
 });
 
+Deno.test("K/V caches taller than a texture put whole positions side by side; RoPE writes and attention reads them there", async () => {
+  assert.deepEqual(kvLayout(2, 32, 1000, 16384), {
+    positionTexels: 16,
+    positionsPerRow: 1,
+    width: 16,
+    height: 1000,
+  });
+  assert.deepEqual(kvLayout(2, 32, 1000, 300), {
+    positionTexels: 16,
+    positionsPerRow: 4,
+    width: 64,
+    height: 250,
+  });
+  assert.equal(maxKvContext(2, 32, 300), 18 * 300); // 18 positions of 16 texels a row
+  // Two positions a row (Buffers.kv's texture limit), an odd count of them in the last row.
+  const rope = await checkRopeKv({ nHeads: 2, nKv: 1, headDim: 16, pos: 20, n: 5 });
+  assert.deepEqual([rope.positionsPerRow, rope.width, rope.height], [2, 8, 14]);
+  const attention = await checkAttention({
+    nHeads: 4,
+    nKv: 2,
+    headDim: 32,
+    window: 0,
+    softcap: 0,
+    pos: 40,
+    n: 2,
+  });
+  assert.deepEqual([attention.positionsPerRow, attention.height], [2, 24]);
+});
+
 Deno.test("a weight matrix lives in textures no taller than the limit; a row wider than a texture is a one-line ModelError", async () => {
   const limit = device.limits.maxTextureDimension2D;
   await withBuffers((b) => {
@@ -721,6 +805,8 @@ Deno.test("the rope-kv epilogue refuses a chunk that starts inside a head, or sh
     const w = b.track(createMatrix(device, "BF16", r.rows, r.cols, "w", { maxRows: 24 }));
     const x = b.upload(r.x, "x");
     const gain = b.upload(r.gain, "gain");
+    const cache = b.kv(r.args.kCache, { nKv: 1, headDim: 16, ctxLen: r.ctxLen }, "k");
+    const kv = { k: cache.view, v: cache.view };
     const base = {
       x,
       xStride: r.cols,
@@ -728,7 +814,7 @@ Deno.test("the rope-kv epilogue refuses a chunk that starts inside a head, or sh
       yStride: 32,
       epilogue: "rope-kv" as const,
       norm: { gain, eps: r.eps },
-      rope: { nHeads: 2, nKv: 1, headDim: 16, ctxLen: r.ctxLen, cosSin: x, k: x, v: x },
+      rope: { nHeads: 2, nKv: 1, headDim: 16, ctxLen: r.ctxLen, cosSin: x, ...kv, kvWidth: 4 },
     };
     assert.throws(() => matmulOp(ctx, { ...base, w }), /starts inside a head/);
     const whole = b.track(createMatrix(device, "BF16", r.rows, r.cols, "w"));
@@ -762,7 +848,7 @@ interface AttentionCase {
  * Attention over a cache the CPU filled for positions [0, pos + n); later positions hold NaN,
  * which any read past the causal limit would spread into the output.
  */
-async function checkAttention(c: AttentionCase) {
+async function checkAttention(c: AttentionCase): Promise<KvLayout> {
   const label = `attention ${JSON.stringify(c)}`;
   const rng = ref.mulberry32(ref.seedFrom(label));
   const d = c.headDim;
@@ -779,8 +865,10 @@ async function checkAttention(c: AttentionCase) {
     vCache: cache(),
   };
   const out0 = ref.randomF32(rng, (c.n + 1) * c.nHeads * d);
-  await withBuffers(async (b) => {
+  return await withBuffers(async (b) => {
     const out = b.upload(out0, "out");
+    const k = b.kv(args.kCache, { nKv: c.nKv, headDim: d, ctxLen }, "k");
+    const v = b.kv(args.vCache, { nKv: c.nKv, headDim: d, ctxLen }, "v");
     const op = attentionOp(ctx, {
       nHeads: c.nHeads,
       nKv: c.nKv,
@@ -789,14 +877,16 @@ async function checkAttention(c: AttentionCase) {
       scale: args.scale,
       softcap: c.softcap,
       q: b.upload(args.q, "q"),
-      k: b.upload(args.kCache, "k"),
-      v: b.upload(args.vCache, "v"),
+      k: k.view,
+      v: v.view,
+      kvWidth: k.layout.width,
       out,
     });
     run(op, c.pos, c.n, c.recordN);
     const want = new Float32Array(out0);
     want.set(ref.attentionRef(args));
     assertClose(await readF32(device, out, out0.length), want, TOL, label, c.nHeads * d);
+    return k.layout;
   });
 }
 
@@ -901,7 +991,17 @@ Deno.test("q/k/v + RoPE followed by attention in one pass matches the CPU refere
     const out = b.upload(new Float32Array(want.length), "out");
     const ops = [
       op,
-      attentionOp(ctx, { ...shape, window, scale: 1 / Math.sqrt(headDim), softcap, q, k, v, out }),
+      attentionOp(ctx, {
+        ...shape,
+        window,
+        scale: 1 / Math.sqrt(headDim),
+        softcap,
+        q,
+        k: k.view,
+        v: v.view,
+        kvWidth: k.layout.width,
+        out,
+      }),
     ];
     run(ops, pos, n);
     const label = "q/k/v + RoPE + attention";

@@ -8,6 +8,7 @@ import { InputError, ModelError, UsageError } from "../errors.ts";
 import { readJson } from "../files.ts";
 import { openGpu } from "../gpu/device.ts";
 import { type ModelConfig, resolveConfig } from "../model/config.ts";
+import { KV_TEXEL_BYTES, kvLayerBytes, kvLayout, maxKvContext } from "../model/kv_cache.ts";
 import { DTYPE_BYTES, loadSafetensorsIndex, type TensorInfo } from "../model/safetensors.ts";
 import { TEXEL_BYTES } from "../model/weights.ts";
 import { helpText, parseFlags } from "./flags.ts";
@@ -150,7 +151,6 @@ export function modelReport(
     );
   }
   const maxBinding = limits.maxStorageBufferBindingSize;
-  const maxBuffer = limits.maxBufferSize;
   const dtypes: Record<string, number> = {};
   let parameters = 0, weightBytes = 0;
   let widest = { name: "", bytes: 0 };
@@ -171,7 +171,9 @@ export function modelReport(
     if (rowBytes > widest.bytes) widest = { name: t.name, bytes: rowBytes };
   }
   const dtype = Object.entries(dtypes).sort((a, b) => b[1] - a[1])[0]?.[0] ?? "none";
-  const kvPerLayer = contextLength * cfg.numKvHeads * cfg.headDim * 4;
+  const maxDim = limits.maxTextureDimension2D;
+  const kv = kvLayout(cfg.numKvHeads, cfg.headDim, contextLength, maxDim);
+  const kvPerLayer = kvLayerBytes(kv);
   const maxBatch = Math.min(MAX_BATCH, contextLength);
   const qDim = cfg.numHeads * cfg.headDim;
   const widestActivation = Math.max(
@@ -200,8 +202,14 @@ export function modelReport(
       `maxTextureDimension2D x ${TEXEL_BYTES} bytes`,
       limits.maxTextureDimension2D * TEXEL_BYTES,
     ),
-    check(`K/V cache per layer (${contextLength} tokens)`, kvPerLayer, binding, maxBinding),
-    check("K/V cache per layer", kvPerLayer, "maxBufferSize", maxBuffer),
+    // K/V caches live in textures with whole positions in each row (src/model/kv_cache.ts): a
+    // context longer than a texture is tall puts more positions in a row, up to its width.
+    check(
+      `K/V cache per layer (${contextLength} tokens): texture row`,
+      kv.width * KV_TEXEL_BYTES,
+      `maxTextureDimension2D x ${KV_TEXEL_BYTES} bytes`,
+      maxDim * KV_TEXEL_BYTES,
+    ),
     check(
       `widest activation (${maxBatch} tokens)`,
       maxBatch * widestActivation * 4,
@@ -223,10 +231,7 @@ export function modelReport(
     maxPositionEmbeddings: cfg.maxPositions,
     contextLength,
     kvCacheBytes,
-    maxContextLength: Math.min(
-      cfg.maxPositions,
-      Math.floor(Math.min(maxBinding, maxBuffer) / (cfg.numKvHeads * cfg.headDim * 4)),
-    ),
+    maxContextLength: Math.min(cfg.maxPositions, maxKvContext(cfg.numKvHeads, cfg.headDim, maxDim)),
     activationBytes,
     totalBytes: weightBytes + kvCacheBytes + activationBytes,
     checks,

@@ -222,9 +222,16 @@ export interface MatmulArgs {
   /**
    * The "rope-kv" epilogue's attention shape and outputs: W stacks the q, k and v heads' rows,
    * y gets the rotated q (n, nHeads, headDim), k and v go into the caches (ctxLen, nKv, headDim)
-   * at pos + t; cosSin is the (ctxLen, headDim / 2) table of (cos, sin) pairs.
+   * at pos + t, textures of kvWidth texels a row (src/model/kv_cache.ts KvLayout); cosSin is the
+   * (ctxLen, headDim / 2) table of (cos, sin) pairs.
    */
-  rope?: AttentionShape & { ctxLen: number; cosSin: GPUBuffer; k: GPUBuffer; v: GPUBuffer };
+  rope?: AttentionShape & {
+    ctxLen: number;
+    cosSin: GPUBuffer;
+    k: GPUTextureView;
+    v: GPUTextureView;
+    kvWidth: number;
+  };
 }
 
 /** The rope-kv epilogue's constraints, checked when the op is built. */
@@ -284,6 +291,7 @@ export function matmulOp(ctx: OpContext, a: MatmulArgs): Op {
       ["u32", a.rope?.nKv ?? 0],
       ["u32", a.rope?.headDim ?? 0],
       ["u32", a.rope?.ctxLen ?? 0],
+      ["u32", a.rope?.kvWidth ?? 0],
     ];
     const resources: (GPUBuffer | GPUBufferBinding | GPUTextureView)[] = [
       uniformBuffer(ctx.device, fields, "matmul"),
@@ -362,8 +370,10 @@ export function attentionOp(
     scale: number;
     softcap: number;
     q: GPUBuffer;
-    k: GPUBuffer;
-    v: GPUBuffer;
+    /** The layer's K and V caches: textures of kvWidth texels a row (KvLayout). */
+    k: GPUTextureView;
+    v: GPUTextureView;
+    kvWidth: number;
     out: GPUBuffer;
   },
 ): Op {
@@ -376,6 +386,7 @@ export function attentionOp(
     ["u32", a.window],
     ["f32", a.scale],
     ["f32", a.softcap],
+    ["u32", a.kvWidth],
   ], "attention");
   const bound = new Bound(ctx, "attention", [params, ctx.state, a.q, a.k, a.v, a.out]);
   return {

@@ -33,8 +33,9 @@ export async function attentionCore(
     { rowAlign: cfg.headDim },
   );
   const shape = { nHeads: cfg.numHeads, nKv: cfg.numKvHeads, headDim: cfg.headDim };
-  const k = b.kv.keys[layer];
-  const v = b.kv.values[layer];
+  const k = b.kv.keys[layer].createView();
+  const v = b.kv.values[layer].createView();
+  const kvWidth = b.kv.layout.width;
   return [
     matmulOp(b.op, {
       w: qkvWeights,
@@ -44,7 +45,7 @@ export async function attentionCore(
       yStride: qDim,
       epilogue: "rope-kv",
       norm: { gain: a.norm, eps: cfg.rmsNormEps },
-      rope: { ...shape, ctxLen: b.contextLength, cosSin: b.cosSin, k, v },
+      rope: { ...shape, ctxLen: b.contextLength, cosSin: b.cosSin, k, v, kvWidth },
     }),
     attentionOp(b.op, {
       ...shape,
@@ -54,6 +55,7 @@ export async function attentionCore(
       q: act.q,
       k,
       v,
+      kvWidth,
       out: act.attnOut,
     }),
   ];

@@ -12,7 +12,7 @@ import { type Op, type OpContext, Recorder, STATE_BYTES, type Tape } from "../gp
 import { Pipelines } from "../gpu/shader.ts";
 import { type Architecture, type ModelConfig, resolveConfig } from "./config.ts";
 import { buildGemma2 } from "./gemma2.ts";
-import { KvCache } from "./kv_cache.ts";
+import { KvCache, kvLayerBytes } from "./kv_cache.ts";
 import { buildLlama } from "./llama.ts";
 import { cosSinTable, inverseFrequencies } from "./rope.ts";
 import { loadSafetensorsIndex, readTensorPieces } from "./safetensors.ts";
@@ -127,7 +127,7 @@ export class Model {
       );
     }
     // Before any work that scales with the context: K/V bytes per layer, or the one-line error.
-    const kvLayerBytes = KvCache.check(cfg, contextLength, gpu.maxBinding);
+    const kvLayout = KvCache.check(cfg, contextLength, device.limits.maxTextureDimension2D);
     const maxBatch = Math.min(options.maxBatch ?? 128, contextLength);
     const state = storageBuffer(device, STATE_BYTES, "state");
     const ctx: OpContext = { device, pipelines: new Pipelines(device), state };
@@ -145,7 +145,7 @@ export class Model {
     );
     device.pushErrorScope("out-of-memory");
     const act = allocateActivations(device, cfg, maxBatch, gpu.maxBinding);
-    const kv = new KvCache(device, state, cfg, contextLength, gpu.maxBinding);
+    const kv = new KvCache(device, state, cfg, contextLength);
     const net = await BUILDERS[cfg.architecture]({
       op: ctx,
       cfg,
@@ -157,7 +157,7 @@ export class Model {
     });
     const oom = await device.popErrorScope();
     if (oom) {
-      const kvBytes = 2 * cfg.numLayers * kvLayerBytes;
+      const kvBytes = 2 * cfg.numLayers * kvLayerBytes(kvLayout);
       throw new GpuError(
         `the GPU ran out of memory loading ${dir} (${total} bytes of weights, ${kvBytes} of K/V ` +
           `for a context of ${contextLength}; try a smaller --context): ${oom.message}`,
