@@ -31,8 +31,9 @@
 // K and V come from read-only storage textures (rgba32float, src/model/kv_cache.ts), which
 // lavapipe loads inline, one 16-byte load per lane, where a storage-buffer load is a loop over the
 // lanes with a bounds check per lane and component. Measured on tiny-llama with a 755-token
-// prompt (bench's kernel table, two interleaved pairs): attention per decode step 4.44 -> 2.88 and
-// 3.55 -> 1.67 ms; decode 154 -> 180 and 148 -> 219 tok/s.
+// prompt (bench's kernel table, three interleaved pairs, storage buffers -> textures): attention
+// per decode step 2.98 -> 1.74, 2.32 -> 1.41 and 2.25 -> 1.86 ms; decode 153 -> 241, 215 -> 216
+// and 178 -> 202 tok/s.
 //
 // Defines: HEAD_DIM (D, a multiple of 16, <= 256), HEADS (divides the group size n_heads / n_kv),
 // TOKENS (HEADS x TOKENS <= 8), CHUNKS (output chunks per unit in the merge; divides D/4).
