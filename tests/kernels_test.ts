@@ -759,15 +759,8 @@ Deno.test("K/V caches taller than a texture put whole positions side by side; Ro
   // Two positions a row (Buffers.kv's texture limit), an odd count of them in the last row.
   const rope = await checkRopeKv({ nHeads: 2, nKv: 1, headDim: 16, pos: 20, n: 5 });
   assert.deepEqual([rope.positionsPerRow, rope.width, rope.height], [2, 8, 14]);
-  const attention = await checkAttention({
-    nHeads: 4,
-    nKv: 2,
-    headDim: 32,
-    window: 0,
-    softcap: 0,
-    pos: 40,
-    n: 2,
-  });
+  const gqa = { nHeads: 4, nKv: 2, headDim: 32, window: 0, softcap: 0 };
+  const attention = await checkAttention({ ...gqa, pos: 40, n: 2 });
   assert.deepEqual([attention.positionsPerRow, attention.height], [2, 24]);
 });
 
