@@ -1,7 +1,10 @@
 // Residual add of a normalised branch output (Gemma-2's post-attention and post-feedforward
 // norms): h[t, :] += delta[t, :] * rsqrt(mean(delta[t, :]^2) + eps) * gain. One workgroup per token.
 
-const WG: u32 = 64u;
+// One SIMD row per token (WG = 8 lanes on lavapipe): each lane sums the squares of its columns,
+// then one barrier, and every lane adds the 8 partial sums itself. A 64-lane workgroup with a
+// tree reduction took 7 barriers, each a switch of lavapipe's coroutines per SIMD row.
+const WG: u32 = 8u;
 
 struct Params {
   width: u32,   // C
@@ -31,16 +34,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   }
   partial[lid.x] = ss;
   workgroupBarrier();
-  for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-    if (lid.x < stride) {
-      partial[lid.x] += partial[lid.x + stride];
-    }
-    workgroupBarrier();
-  }
   if (t >= state.n) {
     return;
   }
-  let inv_rms = inverseSqrt(partial[0] / f32(params.width) + params.eps);
+  let sum = (partial[0] + partial[1]) + (partial[2] + partial[3]) +
+    ((partial[4] + partial[5]) + (partial[6] + partial[7]));
+  let inv_rms = inverseSqrt(sum / f32(params.width) + params.eps);
   for (var c = lid.x; c < params.width; c += WG) {
     h[row + c] += delta[row + c] * inv_rms * gain[c];
   }
