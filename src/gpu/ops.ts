@@ -14,9 +14,8 @@ export type WeightDType = "F32" | "F16" | "BF16";
  * A weight matrix (rows, cols) on the GPU in rgba32uint textures, bound as read-only storage
  * textures: texel (i, r) holds bytes 16i .. 16i + 15 of row r as stored (8 bf16/f16 or 4 f32
  * weights). On lavapipe that reads weights ~2x faster than a sampled texture and ~5x faster than a
- * storage buffer (kernels/matmul.wgsl). The matrix is split
- * by rows into chunks no taller than a texture; for a gated MLP the gate and up matrices are
- * stacked per chunk: [gate rows; up rows].
+ * storage buffer (kernels/matmul.wgsl). The matrix is split by rows into chunks no taller than a
+ * texture; for a gated MLP the gate and up matrices are stacked per chunk: [gate rows; up rows].
  */
 export interface WeightMatrix {
   dtype: WeightDType;

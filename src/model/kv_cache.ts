@@ -87,15 +87,15 @@ export class KvCache {
   /** keys[l], values[l]: (capacity, n_kv, head_dim) f32, laid out as `layout` says. */
   readonly keys: GPUTexture[] = [];
   readonly values: GPUTexture[] = [];
-  readonly layout: KvLayout;
 
+  /** `layout`: what KvCache.check returned for this capacity. */
   constructor(
     private device: GPUDevice,
     private state: GPUBuffer,
     cfg: ModelConfig,
     readonly capacity: number,
+    readonly layout: KvLayout,
   ) {
-    this.layout = KvCache.check(cfg, capacity, device.limits.maxTextureDimension2D);
     for (let l = 0; l < cfg.numLayers; l++) {
       this.keys.push(kvTexture(device, this.layout, `k${l}`));
       this.values.push(kvTexture(device, this.layout, `v${l}`));

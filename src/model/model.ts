@@ -145,7 +145,7 @@ export class Model {
     );
     device.pushErrorScope("out-of-memory");
     const act = allocateActivations(device, cfg, maxBatch, gpu.maxBinding);
-    const kv = new KvCache(device, state, cfg, contextLength);
+    const kv = new KvCache(device, state, cfg, contextLength, kvLayout);
     const net = await BUILDERS[cfg.architecture]({
       op: ctx,
       cfg,
