@@ -14,9 +14,10 @@
  * workgroup, H = query heads per workgroup); `op` is what the op builder picks (matmul: the
  * variants override part of its choice, src/gpu/ops.ts matmulGeometry).
  */
-import { storageBuffer, uniformBuffer } from "../src/gpu/buffers.ts";
+import { storageBuffer } from "../src/gpu/buffers.ts";
 import { openGpu } from "../src/gpu/device.ts";
 import {
+  type AttentionBlocking,
   attentionOp,
   type Epilogue,
   type MatmulGeometry,
@@ -289,42 +290,6 @@ interface AttentionBenchShape {
   ctxLen: number;
 }
 
-/** attention.wgsl with explicit HEADS / TOKENS (bindings as in attentionOp; WG is 8). */
-function attentionVariant(
-  s: AttentionBenchShape,
-  io: { q: GPUBuffer; k: GPUTextureView; v: GPUTextureView; kvWidth: number; out: GPUBuffer },
-  v: { heads: number; tokens: number },
-  n: number,
-) {
-  const dv = s.headDim / 4;
-  let chunks = Math.max(1, Math.floor(8 / (v.heads * v.tokens)));
-  while (dv % chunks !== 0) chunks--;
-  const pipeline = ctx.pipelines.get("attention", {
-    HEAD_DIM: s.headDim,
-    HEADS: v.heads,
-    TOKENS: v.tokens,
-    CHUNKS: chunks,
-  });
-  const params = uniformBuffer(device, [
-    ["u32", s.nHeads],
-    ["u32", s.nKv],
-    ["u32", s.headDim],
-    ["u32", 0],
-    ["f32", 1 / Math.sqrt(s.headDim)],
-    ["f32", 0],
-    ["u32", io.kvWidth],
-  ], "attention");
-  const group = device.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
-    entries: [params, ctx.state, io.q, io.k, io.v, io.out].map((resource, binding) => ({
-      binding,
-      resource: resource instanceof GPUBuffer ? { buffer: resource } : resource,
-    })),
-  });
-  const x = s.nKv * (s.nHeads / s.nKv / v.heads);
-  return (rec: Recorder) => rec.dispatch(pipeline, group, x, Math.ceil(n / v.tokens));
-}
-
 function attentionBenches(
   s: AttentionBenchShape,
   positions: number[],
@@ -338,22 +303,16 @@ function attentionBenches(
     out: f32Buffer(8 * s.nHeads * d),
   };
   const shape = { nHeads: s.nHeads, nKv: s.nKv, headDim: d };
-  const attention = attentionOp(ctx, {
-    ...shape,
-    window: 0,
-    scale: 1 / Math.sqrt(d),
-    softcap: 0,
-    ...io,
-  });
+  const op = (blocking?: AttentionBlocking) =>
+    attentionOp(ctx, { ...shape, window: 0, scale: 1 / Math.sqrt(d), softcap: 0, ...io, blocking });
+  const attention = op();
   for (const n of [1, 8]) {
     for (const pos of positions) {
       const group = `${s.name} attention pos=${pos} n=${n} (${reps} dispatches)`;
       baseline(group);
       opBench(group, "op", attention, pos, n, reps);
       for (const [heads, tokens] of variants) {
-        const t = Math.min(tokens, n);
-        const record = attentionVariant(s, io, { heads, tokens: t }, n);
-        bench(group, `H=${heads} T=${t}`, pos, n, record, reps);
+        opBench(group, `H=${heads} T=${Math.min(tokens, n)}`, op({ heads, tokens }), pos, n, reps);
       }
     }
   }

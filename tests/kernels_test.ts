@@ -10,6 +10,7 @@ import { readF32, readU32, storageBuffer } from "../src/gpu/buffers.ts";
 import { openGpu } from "../src/gpu/device.ts";
 import {
   addRmsnormOp,
+  type AttentionBlocking,
   attentionOp,
   embedOp,
   type Epilogue,
@@ -831,10 +832,8 @@ interface AttentionCase {
   n: number;
   /** Tokens the op is recorded for (state.n is n); default n. */
   recordN?: number;
-  /** A variant other than the op's choice (rows / tokens per invocation, workgroup size). */
-  geometry?: Partial<MatmulGeometry>;
-  /** The norm gain in a buffer without UNIFORM usage (read through its storage binding). */
-  gainStorage?: boolean;
+  /** Query heads and tokens per workgroup other than the op's choice (the bench's variants). */
+  blocking?: AttentionBlocking;
 }
 
 /**
@@ -874,7 +873,16 @@ async function checkAttention(c: AttentionCase): Promise<KvLayout> {
       v: v.view,
       kvWidth: k.layout.width,
       out,
+      blocking: c.blocking,
     });
+    if (c.blocking) {
+      // The variant asked for is the one dispatched.
+      const [[pipeline, , , blocks]] = Recorder.tape((r) => op.record(r, c.n));
+      const tokens = Math.min(c.blocking.tokens, c.n);
+      assert.match(pipeline.label, new RegExp(`"HEADS",${c.blocking.heads}\\]`), label);
+      assert.match(pipeline.label, new RegExp(`"TOKENS",${tokens}\\]`), label);
+      assert.equal(blocks, Math.ceil(c.n / tokens), label);
+    }
     run(op, c.pos, c.n, c.recordN);
     const want = new Float32Array(out0);
     want.set(ref.attentionRef(args));
@@ -935,6 +943,29 @@ Deno.test("attention blocks heads and tokens per workgroup by head_dim: GQA grou
   await checkAttention({ nHeads: 4, nKv: 2, headDim: 32, window: 6, softcap: 50, pos: 17, n: 9 });
   // head_dim 256 and an odd group (3 heads): one head and one token per workgroup.
   await checkAttention({ ...base, nHeads: 3, nKv: 1, headDim: 256, pos: 20, n: 2 });
+});
+
+Deno.test("attention with the blockings the kernel bench times (heads, tokens per workgroup) matches the CPU reference", async () => {
+  const base = { window: 0, softcap: 0 };
+  // The bench's fixture variants, n = 1 and 8, and an odd token count (blocks of 3 over 7).
+  for (const [heads, tokens] of [[1, 1], [2, 1], [2, 2], [1, 8], [2, 4], [2, 3]]) {
+    for (const n of [1, 7, 8]) {
+      const blocking = { heads, tokens };
+      await checkAttention({ ...base, nHeads: 4, nKv: 2, headDim: 32, pos: 40, n, blocking });
+    }
+  }
+  // 1B-like (group 4) with a window and softcap.
+  const blocking = { heads: 4, tokens: 2 };
+  await checkAttention({
+    nHeads: 8,
+    nKv: 2,
+    headDim: 64,
+    window: 9,
+    softcap: 50,
+    pos: 70,
+    n: 5,
+    blocking,
+  });
 });
 
 Deno.test("attention recorded for more tokens than state.n writes only state.n tokens and reads no key past them", async () => {

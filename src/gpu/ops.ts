@@ -341,17 +341,25 @@ export interface AttentionShape {
 /** attention.wgsl's most (query head, token) pairs per workgroup (it spells out u0 .. u7). */
 const ATTENTION_MAX_UNITS = 8;
 
+/** Query heads (of one GQA group) and tokens per attention workgroup. */
+export interface AttentionBlocking {
+  heads: number;
+  tokens: number;
+}
+
 /**
  * attention.wgsl's blocking for a forward of `tokens` tokens: query heads (of one GQA group) and
- * tokens per workgroup, at most ATTENTION_MAX_UNITS pairs; and the merge's output chunks per pair.
+ * tokens per workgroup, at most ATTENTION_MAX_UNITS pairs, unless `blocking` sets them (benches);
+ * and the merge's output chunks per pair.
  */
-function attentionGeometry(a: AttentionShape, tokens: number) {
+function attentionGeometry(a: AttentionShape, tokens: number, blocking?: AttentionBlocking) {
   const group = a.nHeads / a.nKv;
   let heads = Math.min(group, ATTENTION_MAX_UNITS);
   while (group % heads !== 0) heads--;
   const perBlock = Math.max(1, Math.floor(ATTENTION_MAX_UNITS / heads));
-  const blocks = Math.ceil(tokens / perBlock);
-  const tokensPerBlock = Math.ceil(tokens / blocks);
+  let tokensPerBlock = Math.ceil(tokens / Math.ceil(tokens / perBlock));
+  if (blocking) [heads, tokensPerBlock] = [blocking.heads, Math.min(blocking.tokens, tokens)];
+  const blocks = Math.ceil(tokens / tokensPerBlock);
   const dv = a.headDim / 4;
   let chunks = Math.max(1, Math.floor(8 / (heads * tokensPerBlock)));
   while (dv % chunks !== 0) chunks--;
@@ -374,6 +382,8 @@ export function attentionOp(
     v: GPUTextureView;
     kvWidth: number;
     out: GPUBuffer;
+    /** Overrides the blocking attentionGeometry picks (benches of the other variants). */
+    blocking?: AttentionBlocking;
   },
 ): Op {
   if (a.headDim > 256) throw new Error(`head_dim ${a.headDim} > 256 is not supported`);
@@ -390,7 +400,7 @@ export function attentionOp(
   const bound = new Bound(ctx, "attention", [params, ctx.state, a.q, a.k, a.v, a.out]);
   return {
     record(rec, n) {
-      const g = attentionGeometry(a, n);
+      const g = attentionGeometry(a, n, a.blocking);
       const [pipeline, group] = bound.get(g.defines);
       rec.dispatch(pipeline, group, g.groups[0], g.groups[1]);
     },
