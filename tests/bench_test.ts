@@ -7,8 +7,10 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { kernelName } from "../src/bench/measure.ts";
+import { forwardTimes } from "../src/generate/timing.ts";
+import { Model, NO_SKIP } from "../src/model/model.ts";
 import { measureWeightRead } from "../src/bench/memcpy.ts";
-import { storageBuffer } from "../src/gpu/buffers.ts";
+import { readU32, storageBuffer } from "../src/gpu/buffers.ts";
 import { lavapipeThreads, openGpu, THREADED_MATRIX_BYTES } from "../src/gpu/device.ts";
 import { matmulOp, STATE_BYTES } from "../src/gpu/ops.ts";
 import { GpuTimer } from "../src/gpu/profile.ts";
@@ -76,6 +78,30 @@ Deno.test("GPU timestamps still time a pass's first dispatch after the weight-re
   for (const b of [state, x, y]) b.destroy();
   w.chunks.forEach((c) => c.texture.destroy());
   timer.destroy();
+});
+
+Deno.test("forwardTimes: rounds x forwards of times, each forward run at position 8 with its own token count", async () => {
+  const model = await Model.load(join(FIXTURE, "..", "tiny-llama-ls"));
+  const layers = [...Array(model.cfg.numLayers).keys()];
+  const forwards = [
+    { model, n: 3, skip: NO_SKIP },
+    { model, n: 1, skip: { attn: layers, mlp: [] } },
+    { model, n: 2, skip: NO_SKIP },
+  ];
+  const times = await forwardTimes(forwards, 4);
+  assert.equal(times.length, 4);
+  for (const round of times) {
+    assert.equal(round.length, forwards.length);
+    for (const ms of round) assert.ok(Number.isFinite(ms) && ms > 0, `${ms} ms`);
+  }
+  // The last pass was the 2-token forward of ids 1, 2 at position 8: a copy before it set the
+  // state (the input write before them all set n = 3), and its logits are those of that forward
+  // run directly (positions 0..7 of the cache untouched).
+  assert.deepEqual([...await readU32(model.device, model.state, 2)], [8, 2]);
+  const timed = await model.readLogits(2);
+  model.forward([1, 2], 8, NO_SKIP, "all");
+  assert.deepEqual(await model.readLogits(2), timed);
+  model.destroy();
 });
 
 Deno.test("kernel labels read as the kernel file and its defines", () => {

@@ -7,7 +7,7 @@
  */
 import { decode, type GenerationStats, initialPresence } from "../generate/decode.ts";
 import { type DraftSource, speculate, type SpeculationResult } from "../generate/speculate.ts";
-import { forwardMs, passMs, timerFor } from "../generate/timing.ts";
+import { forwardTimes, passMs, timerFor } from "../generate/timing.ts";
 import { storageBuffer } from "../gpu/buffers.ts";
 import { GREEDY, type Recorder, sampleOp } from "../gpu/ops.ts";
 import type { KernelTime } from "../gpu/profile.ts";
@@ -87,10 +87,10 @@ export async function benchModel(t: BenchTarget, o: BenchOptions): Promise<Model
   }
 
   o.progress("forward(8) / forward(1)");
-  const ratios = [];
-  for (let r = 0; r < o.repeats; r++) {
-    ratios.push((await forwardMs(model, 8, NO_SKIP, 1)) / (await forwardMs(model, 1, NO_SKIP, 1)));
-  }
+  const ratios = (await forwardTimes([
+    { model, n: 8, skip: NO_SKIP },
+    { model, n: 1, skip: NO_SKIP },
+  ], o.repeats)).map(([eight, one]) => eight / one);
 
   const modes: ModeFigures[] = [];
   if (o.modes.includes("prefill")) {
@@ -210,9 +210,10 @@ function generationFigures(
  * costs (draft step, verification of k + 1 tokens, plain step), `ideal` for an engine where
  * verifying k + 1 tokens costs one step and a draft step the share of sub-layers it keeps (or
  * the draft model's measured cost). measured / predicted shows what the loop itself costs.
- * The three forwards are timed back to back in each of `repeats` rounds and each round gives a
- * prediction (the median is reported), so a machine whose speed drifts, as shared VMs do, moves
- * all three together instead of skewing their ratio.
+ * The three forwards are timed back to back in each of PREDICTION_ROUNDS_PER_REPEAT x `repeats`
+ * rounds (forwardTimes: one command buffer) and each round gives a prediction (the median is
+ * reported), so a machine whose speed drifts, as shared VMs do, moves all three together instead
+ * of skewing their ratio.
  */
 async function predictions(
   t: BenchTarget,
@@ -223,26 +224,27 @@ async function predictions(
   const tokensPerRound = f.tokensPerRound!.median;
   const draftSteps = f.draftStepsPerRound!.median;
   const k = Math.max(1, Math.round(draftSteps));
-  const predicted: number[] = [];
-  const draftShare: number[] = [];
-  const passes = 3; // each forward's time: the median of 3 passes
-  for (let r = 0; r < repeats; r++) {
-    const stepMs = await forwardMs(t.model, 1, NO_SKIP, passes);
-    const draftMs = draft.kind === "self"
-      ? await forwardMs(t.model, 1, draft.skip, passes)
-      : await forwardMs(draft.model, 1, NO_SKIP, passes);
-    const verifyMs = await forwardMs(t.model, k + 1, NO_SKIP, passes);
-    predicted.push((tokensPerRound * stepMs) / (draftSteps * draftMs + verifyMs));
-    draftShare.push(draftMs / stepMs);
-  }
+  const times = await forwardTimes([
+    { model: t.model, n: 1, skip: NO_SKIP },
+    draft.kind === "self"
+      ? { model: t.model, n: 1, skip: draft.skip }
+      : { model: draft.model, n: 1, skip: NO_SKIP },
+    { model: t.model, n: k + 1, skip: NO_SKIP },
+  ], PREDICTION_ROUNDS_PER_REPEAT * repeats);
+  const predicted = times.map(([stepMs, draftMs, verifyMs]) =>
+    (tokensPerRound * stepMs) / (draftSteps * draftMs + verifyMs)
+  );
   const keptShare = draft.kind === "self"
     ? 1 - skipCount(draft.skip) / (2 * t.model.cfg.numLayers)
-    : median(draftShare);
+    : median(times.map(([stepMs, draftMs]) => draftMs / stepMs));
   return {
     predictedSpeedup: median(predicted),
     idealSpeedup: tokensPerRound / (1 + draftSteps * keptShare),
   };
 }
+
+/** Rounds of the prediction's forward timings per bench repeat (a round is ~3.5 plain steps). */
+const PREDICTION_ROUNDS_PER_REPEAT = 3;
 
 /** Prefill alone: GPU time of one forward over `prefillTokens` tokens (K/V written, last logits). */
 async function benchPrefill(t: BenchTarget, o: BenchOptions): Promise<ModeFigures> {

@@ -1,6 +1,7 @@
 /** Timing helpers shared by bench and tune-skip's cost model. */
 import { median } from "../bench/stats.ts";
 export { median };
+import { storageBuffer } from "../gpu/buffers.ts";
 import { Recorder } from "../gpu/ops.ts";
 import { GpuTimer } from "../gpu/profile.ts";
 import type { Model, SkipSet } from "../model/model.ts";
@@ -38,6 +39,62 @@ export async function forwardMs(model: Model, n: number, skip: SkipSet, repeats:
   const times = [];
   for (let i = 0; i < repeats; i++) times.push(((await timed(24)) - (await timed(4))) / 20);
   return Math.max(1e-3, median(times));
+}
+
+/** A forward to time: `n` tokens through `model` with `skip`. */
+export interface TimedForward {
+  model: Model;
+  n: number;
+  skip: SkipSet;
+}
+
+/**
+ * Milliseconds of each of `forwards`, `rounds` times over: times[round][forward]. With timestamp
+ * queries every forward of every round is a timed pass of one command buffer (after a first round
+ * that compiles the pipelines, untimed), so the forwards of a round run back to back and a machine
+ * whose speed drifts, as shared VMs do (1.5-2x within minutes here), moves them together: ratios
+ * of one round are sound where forwards timed apart (forwardMs) read fwd(8)/fwd(1) anywhere from
+ * 1.5 to 7.6 in one bench run. Each forward runs at position 8 over the model's own input ids; a
+ * copy before its pass sets the model's state ({pos, n}). Without timestamps: forwardMs per forward.
+ * The models share one device.
+ */
+export async function forwardTimes(forwards: TimedForward[], rounds: number): Promise<number[][]> {
+  const model = forwards[0].model;
+  const timer = timerFor(model);
+  if (!timer) {
+    const times = [];
+    for (let r = 0; r < rounds; r++) {
+      const row = [];
+      for (const f of forwards) row.push(await forwardMs(f.model, f.n, f.skip, 1));
+      times.push(row);
+    }
+    return times;
+  }
+  const states: GPUBuffer[] = [];
+  for (const m of new Set(forwards.map((f) => f.model))) {
+    const most = Math.max(...forwards.filter((f) => f.model === m).map((f) => f.n));
+    m.writeInput(Array.from({ length: most }, (_, i) => i + 1), 8);
+  }
+  const passes = forwards.map((f) => {
+    const state = storageBuffer(f.model.device, 16, "timed state");
+    f.model.device.queue.writeBuffer(state, 0, new Uint32Array([8, f.n, 0, 0]));
+    states.push(state);
+    const tape = Recorder.tape((rec) => f.model.recordForward(rec, f.n, f.skip, "all"));
+    return {
+      before: (encoder: GPUCommandEncoder) =>
+        encoder.copyBufferToBuffer(state, 0, f.model.state, 0, 16),
+      record: (rec: Recorder) => rec.play(tape),
+    };
+  });
+  try {
+    const ms = await timer.passesMs(Array.from({ length: rounds + 1 }, () => passes).flat());
+    return Array.from(
+      { length: rounds },
+      (_, r) => ms.slice((r + 1) * passes.length, (r + 2) * passes.length),
+    );
+  } finally {
+    states.forEach((s) => s.destroy());
+  }
 }
 
 /** Wall-clock ms of one submitted pass recording `record` `times` times, until the queue drains. */

@@ -81,6 +81,33 @@ export class GpuTimer {
     return Number(end - start) / 1e6;
   }
 
+  /**
+   * Milliseconds of GPU time of each of `passes`, recorded as compute passes of one command buffer
+   * (one readback for all), each after its `before` (e.g. a copy that sets the state it runs in).
+   */
+  async passesMs(
+    passes: { before?: (encoder: GPUCommandEncoder) => void; record: (rec: Recorder) => void }[],
+  ): Promise<number[]> {
+    if (2 * passes.length > MAX_QUERIES) {
+      throw new RangeError(`more than ${MAX_QUERIES / 2} passes`);
+    }
+    const encoder = this.device.createCommandEncoder();
+    passes.forEach((p, i) => {
+      p.before?.(encoder);
+      const rec = new Recorder(encoder.beginComputePass({
+        timestampWrites: {
+          querySet: this.#querySet,
+          beginningOfPassWriteIndex: 2 * i,
+          endOfPassWriteIndex: 2 * i + 1,
+        },
+      }));
+      p.record(rec);
+      rec.pass.end();
+    });
+    const stamps = await this.#readTimestamps(encoder, 2 * passes.length);
+    return passes.map((_, i) => Number(stamps[2 * i + 1] - stamps[2 * i]) / 1e6);
+  }
+
   /** GPU time per pipeline of what `record` records, one timed pass per dispatch. */
   async kernelMs(record: (rec: Recorder) => void): Promise<KernelTime[]> {
     const encoder = this.device.createCommandEncoder();

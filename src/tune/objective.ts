@@ -13,7 +13,7 @@
  */
 import { decode } from "../generate/decode.ts";
 import { speculate, type SpeculateOptions } from "../generate/speculate.ts";
-import { forwardMs, median } from "../generate/timing.ts";
+import { forwardTimes, median } from "../generate/timing.ts";
 import { GREEDY } from "../gpu/ops.ts";
 import { type Model, NO_SKIP, type SkipSet } from "../model/model.ts";
 
@@ -36,15 +36,20 @@ export async function measureCostModel(
   repeats = 5,
 ): Promise<CostModel> {
   const layers = [...Array(model.cfg.numLayers).keys()];
-  const stepMs = await forwardMs(model, 1, NO_SKIP, repeats);
-  const noAttn = await forwardMs(model, 1, { attn: layers, mlp: [] }, repeats);
-  const noMlp = await forwardMs(model, 1, { attn: [], mlp: layers }, repeats);
-  const attnMs = Math.max(0, (stepMs - noAttn) / layers.length);
-  const mlpMs = Math.max(0, (stepMs - noMlp) / layers.length);
-  const verifyRatio = [0, 1];
-  for (let n = 2; n <= draftMax + 1; n++) {
-    verifyRatio.push((await forwardMs(model, n, NO_SKIP, repeats)) / stepMs);
-  }
+  const widths = Array.from({ length: draftMax }, (_, i) => i + 2);
+  // Each round times all of them back to back (forwardTimes), so their ratios are sound on a
+  // machine whose speed drifts; every figure is the median over the rounds.
+  const times = await forwardTimes([
+    { model, n: 1, skip: NO_SKIP },
+    { model, n: 1, skip: { attn: layers, mlp: [] } },
+    { model, n: 1, skip: { attn: [], mlp: layers } },
+    ...widths.map((n) => ({ model, n, skip: NO_SKIP })),
+  ], repeats);
+  const of = (f: (round: number[]) => number) => median(times.map(f));
+  const stepMs = of(([step]) => step);
+  const attnMs = Math.max(0, of(([step, noAttn]) => (step - noAttn) / layers.length));
+  const mlpMs = Math.max(0, of(([step, , noMlp]) => (step - noMlp) / layers.length));
+  const verifyRatio = [0, 1, ...widths.map((_, i) => of((round) => round[3 + i] / round[0]))];
   return {
     stepMs,
     attnMs,
