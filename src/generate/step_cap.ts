@@ -15,8 +15,14 @@
  * j-th, the share that drafted and accepted it (a round cut off by its cap says nothing about the
  * steps beyond it). Each g_j is shrunk toward the pooled rate over all j (PRIOR_WEIGHT rounds'
  * worth), which also stands in for steps never tried, so a cap that keeps being filled and
- * accepted is extended one step at a time. Costs are in dispatches, which set the time of a step
- * on a dispatch-bound device such as lavapipe and scale with the sub-layers a step runs anyway.
+ * accepted is extended one step at a time. Costs are in dispatches, which scale with the
+ * sub-layers a step runs. They were chosen when a dispatch's fixed cost dominated lavapipe's
+ * steps; with today's kernels it is ~2-3 us of a ~40 us average, so the proxy is rough: it prices a
+ * verification alike at every width, where on lavapipe verifying 3 tokens costs ~1.4x verifying 2,
+ * and a draft model's step (tiny-draft: a fifth of the target's dispatches) at about half of what it
+ * costs. Pricing caps in GPU time measured inside the rounds (timestamps around each round's draft
+ * steps and verification) was tried and gained nothing measurable over five interleaved pairs
+ * (README, "The latest round").
  *
  * The cap only depends on rounds already finished, never on the round it applies to, so sampled
  * speculation stays lossless whatever it picks.
