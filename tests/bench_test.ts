@@ -101,6 +101,11 @@ Deno.test("forwardTimes: rounds x forwards of times, each forward run at positio
   const timed = await model.readLogits(2);
   model.forward([1, 2], 8, NO_SKIP, "all");
   assert.deepEqual(await model.readLogits(2), timed);
+  // More rounds than one command buffer's timestamps hold go in further command buffers.
+  const bare = { model, n: 1, skip: { attn: layers, mlp: layers } };
+  const many = await forwardTimes([bare], GpuTimer.MAX_PASSES + 5);
+  assert.equal(many.length, GpuTimer.MAX_PASSES + 5);
+  assert.ok(many.every(([ms]) => ms > 0));
   model.destroy();
 });
 

@@ -51,7 +51,8 @@ export interface TimedForward {
 /**
  * Milliseconds of each of `forwards`, `rounds` times over: times[round][forward]. With timestamp
  * queries every forward of every round is a timed pass of one command buffer (after a first round
- * that compiles the pipelines, untimed), so the forwards of a round run back to back and a machine
+ * that compiles the pipelines, untimed; rounds past GpuTimer.MAX_PASSES passes go in further
+ * command buffers), so the forwards of a round run back to back and a machine
  * whose speed drifts, as shared VMs do (1.5-2x within minutes here), moves them together: ratios
  * of one round are sound where forwards timed apart (forwardMs) read fwd(8)/fwd(1) anywhere from
  * 1.5 to 7.6 in one bench run. Each forward runs at position 8 over the model's own input ids; a
@@ -87,11 +88,17 @@ export async function forwardTimes(forwards: TimedForward[], rounds: number): Pr
     };
   });
   try {
-    const ms = await timer.passesMs(Array.from({ length: rounds + 1 }, () => passes).flat());
-    return Array.from(
-      { length: rounds },
-      (_, r) => ms.slice((r + 1) * passes.length, (r + 2) * passes.length),
-    );
+    // Command buffers of up to GpuTimer.MAX_PASSES passes, each led by an untimed round.
+    const perBuffer = Math.max(1, Math.floor(GpuTimer.MAX_PASSES / passes.length) - 1);
+    const times: number[][] = [];
+    while (times.length < rounds) {
+      const count = Math.min(perBuffer, rounds - times.length);
+      const ms = await timer.passesMs(Array.from({ length: count + 1 }, () => passes).flat());
+      for (let r = 1; r <= count; r++) {
+        times.push(ms.slice(r * passes.length, (r + 1) * passes.length));
+      }
+    }
+    return times;
   } finally {
     states.forEach((s) => s.destroy());
   }

@@ -43,6 +43,8 @@ class TimedDispatches extends Recorder {
 }
 
 export class GpuTimer {
+  /** Most passes passesMs times in one command buffer (two timestamps each). */
+  static readonly MAX_PASSES = MAX_QUERIES / 2;
   #querySet: GPUQuerySet;
   #resolve: GPUBuffer;
   #read: GPUBuffer;
