@@ -62,7 +62,7 @@ export function weightTexture(
     label,
     size: [width, height],
     format: "rgba32uint",
-    usage: GPUTextureUsage.TEXTURE_BINDING | GPUTextureUsage.STORAGE_BINDING |
+    usage: GPUTextureUsage.STORAGE_BINDING |
       GPUTextureUsage.COPY_DST,
   });
   if (contents) {
