@@ -298,6 +298,27 @@ Deno.test("command buffers of rounds that wrap around the round log's ring read 
   target.destroy();
 });
 
+Deno.test("the command buffer that can finish a generation holds the rounds to finish it", async () => {
+  // tiny-llama-ls with its tuned skip set, 48 tokens in 25 rounds: 8 rounds in the first command
+  // buffer (its streaming limit), the other 17 fit the second's (16, or 20 to finish). Planned at
+  // the mean tokens per round so far (the cap-2 rounds of the first buffer emit more than the
+  // cap-1 rounds after them), the second buffer fell short and two more readbacks of a round or
+  // two each followed (4 readbacks).
+  const target = await model("tiny-llama-ls");
+  const skip = JSON.parse(
+    await Deno.readTextFile(`${fixture("tiny-llama-ls")}/skip.json`),
+  ) as SkipSet;
+  const ids = await promptIds(
+    "tiny-llama-ls",
+    "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?",
+  );
+  const plain = await greedyDecode(target, ids, 48);
+  const got = await greedySpeculate(target, ids, { kind: "self", skip }, { maxNewTokens: 48 });
+  assert.deepEqual(got.tokens, plain.tokens);
+  assert.equal(got.stats.rounds, 25);
+  assert.equal(got.stats.readbacks, 2);
+});
+
 Deno.test("speculation stops at the end of the context, mid-round, like decode", async () => {
   const target = await Model.load(fixture("tiny-llama-ls"), { contextLength: 24 });
   const draftModel = await Model.load(fixture("tiny-draft"), { contextLength: 24 });

@@ -8,10 +8,10 @@
  * draft sets its state.n = 0, so the remaining recorded steps do nothing), verify_begin (the
  * target's input becomes [x_P, d_1..d_k]), one target forward over those k + 1 tokens, and verify
  * (accept a prefix, emit the target's token, roll back by setting the cache length, update the
- * threshold controller, set up the next round). As many rounds as the remaining budget needs at
- * the mean tokens per round, at most 8 in the first command buffer (so text appears soon), then 16,
- * then 32 (`roundsPerReadback`), go into one command buffer whose round-log slots come back in one
- * readback. Rounds after the end of generation are no-ops.
+ * threshold controller, set up the next round). As many rounds as finish the remaining budget
+ * with high probability (round_batch.ts), at most 8 in the first command buffer (so text appears
+ * soon), then 16, then 32 (`roundsPerReadback`), go into one command buffer whose round-log slots
+ * come back in one readback. Rounds after the end of generation are no-ops.
  */
 import { InputError } from "../errors.ts";
 import { readRanges } from "../gpu/buffers.ts";
@@ -30,7 +30,8 @@ import {
 } from "../gpu/speculation_ops.ts";
 import { type Model, NO_SKIP, type SkipSet } from "../model/model.ts";
 import { type GenerationStats, initialPresence, prefill } from "./decode.ts";
-import { type CappedRound, chooseStepCap } from "./step_cap.ts";
+import { roundsToRecord } from "./round_batch.ts";
+import { type CappedRound, chooseStepCap, stepRates } from "./step_cap.ts";
 
 /** Where drafts come from: the target with a skip set, or a separate model. */
 export type DraftSource =
@@ -283,7 +284,7 @@ export async function speculate(
   // One command buffer of rounds, its round-log slots read back at its end. Deno's mapAsync
   // waits for the whole queue to drain and then sleeps ~10 ms, so a second command buffer in
   // flight would overlap nothing; instead each one holds enough rounds for the tokens still to
-  // come (at the mean tokens per round so far), up to maxRounds.
+  // come (round_batch.ts), up to maxRounds.
   const submit = async (count: number): Promise<Uint32Array> => {
     device.queue.writeBuffer(buffers.spec, SPEC.stepCap * 4, new Uint32Array([stepCap]));
     // The first rounds go in a command buffer of their own, so the GPU starts on them while the
@@ -316,11 +317,13 @@ export async function speculate(
   let finished = false;
   const roundsStart = performance.now();
   while (!finished) {
-    const perRound = rounds.length ? tokens.length / rounds.length : 2;
-    const wanted = Math.ceil((budget - tokens.length) / perRound);
-    const limit = FIRST_ROUNDS_PER_READBACK * 2 ** readbacks;
-    // A few rounds past the limit rather than a readback (~10 ms) of their own after it.
-    const batch = Math.max(1, Math.min(wanted <= limit * 1.25 ? wanted : limit, maxRounds));
+    const batch = roundsToRecord({
+      remaining: budget - tokens.length,
+      rates: stepRates(capped, draftMax),
+      cap: stepCap,
+      limit: FIRST_ROUNDS_PER_READBACK * 2 ** readbacks,
+      maxRounds,
+    });
     const first = rounds.length;
     const log = await submit(batch);
     const f32 = new Float32Array(log.buffer);

@@ -1,0 +1,85 @@
+/**
+ * How many speculative rounds to record into the next command buffer (one readback each).
+ *
+ * A readback costs at least ~10 ms in Deno, while a round recorded past the end of generation
+ * runs as a no-op that still pays its dispatches (on lavapipe ~2 ms for tiny-llama-ls's round of
+ * ~57 dispatches, against ~6 ms for a real one). So the command buffer that can finish the
+ * generation should hold enough rounds to finish it with high probability, not just the mean:
+ * planned at the mean tokens per round, about half the generations fell a round or two short and
+ * paid one or two more readbacks of a round each (~17-24 ms apiece, a tenth of a 48-token
+ * generation).
+ *
+ * A round at cap S emits 1 + a tokens, a the number of its drafts accepted: P(a >= j) = g_1 ...
+ * g_j for j <= S (the step rates of step_cap.ts), so its distribution is known, and so is the
+ * distribution of the tokens of n rounds (a convolution). The plan is the fewest rounds that emit
+ * the remaining tokens with probability at least COVERAGE. Streaming still bounds each command
+ * buffer to `limit` rounds (growing from the first, so text appears soon); a plan up to a quarter
+ * past the limit is taken whole rather than leaving its last rounds a readback of their own.
+ * Stop tokens only end a generation earlier, into no-op rounds.
+ *
+ * The plan depends only on finished rounds, so sampled speculation stays lossless.
+ */
+
+/** The chance the planned rounds emit every remaining token. */
+export const COVERAGE = 0.9;
+/** How far past the streaming limit a plan that finishes the generation may go. */
+export const FINISH_SLACK = 1.25;
+
+/** P(a round emits 1 + a tokens) for a = 0..cap, from the step rates g_1..g_cap. */
+export function roundTokenDistribution(rates: number[], cap: number): number[] {
+  if (cap < 1 || cap > rates.length) throw new RangeError(`cap ${cap} outside 1..${rates.length}`);
+  const dist = [];
+  let reach = 1; // P(a >= j)
+  for (let j = 0; j < cap; j++) {
+    const next = reach * rates[j];
+    dist.push(reach - next);
+    reach = next;
+  }
+  dist.push(reach);
+  return dist;
+}
+
+/**
+ * The fewest rounds, at most `most`, whose tokens reach `remaining` with probability >= coverage
+ * (rounds drawn independently from `dist`, the tokens of a round being 1 + index); undefined
+ * when even that many may fall short.
+ */
+export function roundsToCover(
+  dist: number[],
+  remaining: number,
+  most: number,
+  coverage = COVERAGE,
+): number | undefined {
+  if (remaining <= 0) return 0;
+  // short[s]: P(the rounds so far emitted s tokens), for s < remaining (the rest has covered).
+  let short = new Float64Array(remaining);
+  short[0] = 1;
+  for (let n = 1; n <= most; n++) {
+    const next = new Float64Array(remaining);
+    for (let s = 0; s < remaining; s++) {
+      if (short[s] === 0) continue;
+      for (let a = 0; a < dist.length && s + 1 + a < remaining; a++) {
+        next[s + 1 + a] += short[s] * dist[a];
+      }
+    }
+    short = next;
+    if (1 - short.reduce((sum, p) => sum + p, 0) >= coverage) return n;
+  }
+  return undefined;
+}
+
+/** The next command buffer's rounds (see the module comment); at least 1. */
+export function roundsToRecord(o: {
+  /** Tokens still to generate. */
+  remaining: number;
+  /** The step rates g_1.. (step_cap.ts stepRates) and the cap the rounds are recorded with. */
+  rates: number[];
+  cap: number;
+  /** This command buffer's streaming limit, and the most rounds one may hold (the round log). */
+  limit: number;
+  maxRounds: number;
+}): number {
+  const most = Math.min(Math.floor(o.limit * FINISH_SLACK), o.maxRounds);
+  const finishing = roundsToCover(roundTokenDistribution(o.rates, o.cap), o.remaining, most);
+  return Math.max(1, finishing ?? Math.min(o.limit, o.maxRounds));
+}
