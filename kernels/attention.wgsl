@@ -307,10 +307,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
   if (UNITS > 5u) { u5 = unit(5u, head0, t0, n); }
   if (UNITS > 6u) { u6 = unit(6u, head0, t0, n); }
   if (UNITS > 7u) { u7 = unit(7u, head0, t0, n); }
-  // Keys from the first token's first visible key to the last token's position.
+  // Keys from the first token's first visible key to the last token's position; none for a
+  // block past the forward's tokens (all of them in a stopped draft's no-op step), which stores
+  // nothing.
   let first = first_key(state.pos + min(t0, n - 1u));
   let last = state.pos + min(t0 + TOKENS - 1u, n - 1u);
-  for (var key = first + lane; key <= last; key += WG) {
+  let keys_end = select(first, last + 1u, t0 < n);
+  for (var key = first + lane; key < keys_end; key += WG) {
     let row = (key * params.n_kv + kv_head) * DV;
     let k = head_row(FROM_K, row);
     let v = head_row(FROM_V, row);

@@ -382,8 +382,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   var n = state.n;
   var x_first = 0u;                                         // x row of token 0
   if (params.last_only == 1u) {
-    x_first = n - 1u;
-    n = 1u;
+    // The last token's row, or none in a forward of no tokens (a stopped draft's no-op step).
+    x_first = max(n, 1u) - 1u;
+    n = min(n, 1u);
   }
   if (first_row >= params.rows || t0 >= n) {
     return;

@@ -235,11 +235,12 @@ async function checkMatmul(c: MatmulCase) {
 
   const xStride = cols + (c.xPad ?? 0);
   const x = withHoles(
-    ref.randomF32(rng, n * xStride, -2 * (c.xScale ?? 1), 2 * (c.xScale ?? 1)),
+    // One row at least (a binding cannot be empty), unread when there are no tokens.
+    ref.randomF32(rng, Math.max(n, 1) * xStride, -2 * (c.xScale ?? 1), 2 * (c.xScale ?? 1)),
     (i) => i % xStride >= cols || (c.lastOnly === true && Math.floor(i / xStride) < n - 1),
   );
   const yStride = rows + 3; // columns past `rows` must stay untouched
-  const yRows = (c.lastOnly ? 1 : n) + 1; // so must the row after the last token
+  const yRows = (c.lastOnly ? 1 : n) + 1; // so must the row after the last token (or row 0)
   const y0 = ref.randomF32(rng, yRows * yStride);
   const gain = ref.randomF32(rng, cols, 0.5, 1.5);
   const eps = 1e-5;
@@ -515,6 +516,18 @@ Deno.test("matmul recorded for more tokens than state.n computes and writes only
     { dtype: "F16", epilogue: "glu-silu", rows: 1031, cols: 72, n: 5, recordN: 9, norm: true },
     { dtype: "F32", epilogue: "add", rows: 67, cols: 200, n: 1, recordN: 8 },
     { dtype: "BF16", epilogue: "store", rows: 67, cols: 72, n: 6, recordN: 8, lastOnly: true },
+  ];
+  for (const c of cases) await checkMatmul(c);
+});
+
+Deno.test("matmul with no tokens (state.n = 0, a stopped draft's no-op step) writes nothing, lastOnly too", async () => {
+  // Before, lastOnly took row n - 1 = 2^32 - 1 of x (clamped) and wrote a whole row of logits.
+  const cases: MatmulCase[] = [
+    { dtype: "BF16", epilogue: "store", rows: 131, cols: 72, n: 0, recordN: 1, norm: true },
+    { dtype: "BF16", epilogue: "store", rows: 131, cols: 72, n: 0, recordN: 1, lastOnly: true },
+    { dtype: "F16", epilogue: "store", rows: 67, cols: 72, n: 0, recordN: 8, norm: true },
+    { dtype: "F32", epilogue: "add", rows: 67, cols: 200, n: 0, recordN: 1 },
+    { dtype: "BF16", epilogue: "glu-silu", rows: 67, cols: 72, n: 0, recordN: 1, lastOnly: true },
   ];
   for (const c of cases) await checkMatmul(c);
 });

@@ -201,7 +201,8 @@ export interface MatmulRefArgs {
 export function matmulRef(a: MatmulRefArgs): Float32Array<ArrayBuffer> {
   const y = new Float32Array(a.y);
   const glu = a.epilogue === "glu-silu" || a.epilogue === "glu-gelu";
-  const tokens = a.lastOnly ? [a.n - 1] : Array.from({ length: a.n }, (_, t) => t);
+  // lastOnly: the last token's row, none when there are no tokens.
+  const tokens = a.lastOnly ? (a.n > 0 ? [a.n - 1] : []) : Array.from({ length: a.n }, (_, t) => t);
   tokens.forEach((src, dst) => {
     const xr = a.norm
       ? rmsnormRow(a.x, src * a.xStride, a.cols, a.norm.gain, a.norm.eps)
