@@ -38,6 +38,10 @@ Deno.test("rounds to cover: certain rounds need exactly ceil(remaining / tokens)
   assert.equal(roundsToCover([1], 7, 32), 7); // every draft rejected: 1 token a round
   assert.equal(roundsToCover([1], 7, 6), undefined); // 6 rounds cannot finish 7 tokens
   assert.equal(roundsToCover([0, 1], 0, 32), 0);
+  // At the edge of reach (32 rounds of 2 tokens), and far past it (a long budget: no work).
+  assert.equal(roundsToCover([0, 1], 64, 32), 32);
+  assert.equal(roundsToCover([0, 1], 65, 32), undefined);
+  assert.equal(roundsToCover([0.1, 0.2, 0.7], 1e9, 32), undefined);
 });
 
 /** P(Binomial(n, p) >= k), summed directly. */

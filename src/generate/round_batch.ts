@@ -51,6 +51,8 @@ export function roundsToCover(
   coverage = COVERAGE,
 ): number | undefined {
   if (remaining <= 0) return 0;
+  // A round emits at most dist.length tokens: beyond reach, nothing to compute (long budgets).
+  if (most * dist.length < remaining) return undefined;
   // short[s]: P(the rounds so far emitted s tokens), for s < remaining (the rest has covered).
   let short = new Float64Array(remaining);
   short[0] = 1;
