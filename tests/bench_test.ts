@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { kernelName } from "../src/bench/measure.ts";
-import { forwardTimes } from "../src/generate/timing.ts";
+import { forwardTimes, roundTimes } from "../src/generate/timing.ts";
 import { Model, NO_SKIP } from "../src/model/model.ts";
 import { measureWeightRead } from "../src/bench/memcpy.ts";
 import { readU32, storageBuffer } from "../src/gpu/buffers.ts";
@@ -107,6 +107,29 @@ Deno.test("forwardTimes: rounds x forwards of times, each forward run at positio
   assert.equal(many.length, GpuTimer.MAX_PASSES + 5);
   assert.ok(many.every(([ms]) => ms > 0));
   model.destroy();
+});
+
+Deno.test("roundTimes: a draft step and verifications of 2 and 3 tokens, measured once per pair of models", async () => {
+  const target = await Model.load(join(FIXTURE, "..", "tiny-llama-ls"));
+  const draft = await Model.load(join(FIXTURE, "..", "tiny-draft"));
+  const layers = [...Array(target.cfg.numLayers).keys()];
+  const heavy = { attn: layers.slice(1), mlp: layers.slice(1) };
+  const self = await roundTimes(target, target, heavy);
+  assert.ok(self, "lavapipe has timestamp queries");
+  assert.equal(self.verifyMs.length, 2);
+  for (const ms of [self.draftStepMs, ...self.verifyMs]) assert.ok(ms > 0, `${ms} ms`);
+  // One layer of 12 costs less than the whole model over 2 tokens.
+  assert.ok(self.draftStepMs < self.verifyMs[0], JSON.stringify(self));
+  // Cached per target, draft and skip set (the same promise), measured again for another.
+  assert.equal(roundTimes(target, target, heavy), roundTimes(target, target, heavy));
+  const full = roundTimes(target, target, NO_SKIP);
+  assert.notEqual(full, roundTimes(target, target, heavy));
+  assert.ok((await full)!.draftStepMs > self.draftStepMs);
+  const separate = await roundTimes(target, draft, NO_SKIP);
+  assert.ok(separate && separate.draftStepMs > 0 && separate.verifyMs.length === 2);
+  assert.equal(roundTimes(target, draft, NO_SKIP), roundTimes(target, draft, NO_SKIP));
+  target.destroy();
+  draft.destroy();
 });
 
 Deno.test("kernel labels read as the kernel file and its defines", () => {

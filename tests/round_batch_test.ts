@@ -11,6 +11,7 @@ import {
   roundsToRecord,
   roundTokenDistribution,
 } from "../src/generate/round_batch.ts";
+import { STREAM_HOLD_MS } from "../src/generate/decode.ts";
 
 const near = (a: number, b: number, what: string) =>
   assert.ok(Math.abs(a - b) < 1e-12, `${what}: ${a} vs ${b}`);
@@ -71,10 +72,16 @@ Deno.test("rounds to cover: at cap 1 the fewest n with P(n + Binomial(n, g) >= r
   }
 });
 
-Deno.test("rounds to record: the finishing plan within the streaming limit's slack, else the limit", () => {
+Deno.test("rounds to record: the finishing plan within the streaming limit's slack or hold, else the limit", () => {
   const rates = [0.9, 0.9, 0.9, 0.9];
-  const plan = (remaining: number, limit: number, maxRounds = 32, cap = 1) =>
-    roundsToRecord({ remaining, rates, cap, limit, maxRounds });
+  const plan = (
+    remaining: number,
+    limit: number,
+    maxRounds = 32,
+    cap = 1,
+    msPerRound?: number,
+    tried = cap,
+  ) => roundsToRecord({ remaining, rates, cap, tried, limit, maxRounds, msPerRound });
   const cover = (remaining: number, cap = 1) =>
     roundsToCover(roundTokenDistribution(rates, cap), remaining, 1000)!;
   // Finishing within the limit: exactly the covering rounds.
@@ -84,12 +91,24 @@ Deno.test("rounds to record: the finishing plan within the streaming limit's sla
   const past = [...Array(60).keys()].find((r) => cover(r) > 16 && cover(r) <= 16 * FINISH_SLACK)!;
   assert.ok(past !== undefined);
   assert.equal(plan(past, 16), cover(past));
+  // Further past the limit, taken whole when it runs for at most STREAM_HOLD_MS at the speed so
+  // far (a small model's rounds), else the limit (a large model's).
+  const far = [...Array(80).keys()].find((r) => cover(r) > 16 * FINISH_SLACK && cover(r) <= 30)!;
+  assert.ok(far !== undefined);
+  const fast = STREAM_HOLD_MS / 40;
+  assert.equal(plan(far, 16, 32, 1, fast), cover(far));
+  assert.equal(plan(far, 16, 32, 1, STREAM_HOLD_MS / 20), 16);
+  assert.equal(plan(far, 16, 32, 1, undefined), 16);
+  assert.equal(plan(far, 16, cover(far) - 1, 1, fast), 16); // never past the round log
   // Further: the limit, and never past the round log.
   assert.equal(plan(200, 16), 16);
   assert.equal(plan(200, 64, 32), 32);
   assert.equal(plan(past, 16, 12), 12);
-  // A longer cap emits more a round, so fewer rounds finish the same budget.
+  // A longer cap emits more a round, so fewer rounds finish the same budget; but steps past the
+  // longest cap tried so far are planned as never drafted (before any round: as a cap of 1).
   assert.ok(plan(30, 32, 32, 4) < plan(30, 32, 32, 1));
+  assert.equal(plan(30, 32, 32, 4, undefined, 2), plan(30, 32, 32, 2));
+  assert.equal(plan(30, 32, 32, 4, undefined, 0), plan(30, 32, 32, 1));
   // Nothing left still records a round (the loop only plans while generation goes on).
   assert.equal(plan(0, 8), 1);
 });

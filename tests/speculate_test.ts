@@ -299,11 +299,11 @@ Deno.test("command buffers of rounds that wrap around the round log's ring read 
 });
 
 Deno.test("the command buffer that can finish a generation holds the rounds to finish it", async () => {
-  // tiny-llama-ls with its tuned skip set, 48 tokens in 25 rounds: 8 rounds in the first command
-  // buffer (its streaming limit), the other 17 fit the second's (16, or 20 to finish). Planned at
-  // the mean tokens per round so far (the cap-2 rounds of the first buffer emit more than the
-  // cap-1 rounds after them), the second buffer fell short and two more readbacks of a round or
-  // two each followed (4 readbacks).
+  // tiny-llama-ls with its tuned skip set and one draft a round (a fixed cap, so the rounds do not
+  // depend on measured costs), 48 tokens: 8 rounds in the first command buffer (its streaming
+  // limit), the rest in the second (past its limit of 16, which a small model's rounds run
+  // through well within STREAM_HOLD_MS). Planned at the mean tokens per round so far, the second
+  // buffer fell short and more readbacks of a round or two each followed.
   const target = await model("tiny-llama-ls");
   const skip = JSON.parse(
     await Deno.readTextFile(`${fixture("tiny-llama-ls")}/skip.json`),
@@ -313,9 +313,12 @@ Deno.test("the command buffer that can finish a generation holds the rounds to f
     "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?",
   );
   const plain = await greedyDecode(target, ids, 48);
-  const got = await greedySpeculate(target, ids, { kind: "self", skip }, { maxNewTokens: 48 });
+  const got = await greedySpeculate(target, ids, { kind: "self", skip }, {
+    maxNewTokens: 48,
+    draftMax: 1,
+  });
   assert.deepEqual(got.tokens, plain.tokens);
-  assert.equal(got.stats.rounds, 25);
+  assert.ok(got.stats.rounds > 8 + 16, `${got.stats.rounds} rounds`);
   assert.equal(got.stats.readbacks, 2);
 });
 

@@ -13,15 +13,28 @@
  * g_j for j <= S (the step rates of step_cap.ts), so its distribution is known, and so is the
  * distribution of the tokens of n rounds (a convolution). The plan is the fewest rounds that emit
  * the remaining tokens with probability at least COVERAGE. Streaming still bounds each command
- * buffer to `limit` rounds (growing from the first, so text appears soon); a plan up to a quarter
- * past the limit is taken whole rather than leaving its last rounds a readback of their own.
+ * buffer to `limit` rounds (growing from the first, so text appears soon); a plan that finishes
+ * the generation is taken whole, rather than leaving its last rounds a readback of their own, when
+ * it is at most a quarter past the limit or runs for at most STREAM_HOLD_MS (decode's bound on
+ * text held back) at the speed measured so far. On tiny-llama-ls a first command buffer of 8
+ * rounds at a cap of 1 leaves 32-35 of 48 tokens, planned at 19-24 rounds (three prompts): past
+ * the limit's 20, a third readback (~10 ms) would follow for the last rounds.
  * Stop tokens only end a generation earlier, into no-op rounds.
  *
  * The plan depends only on finished rounds, so sampled speculation stays lossless.
  */
 
+import { STREAM_HOLD_MS } from "./decode.ts";
+
 /** The chance the planned rounds emit every remaining token. */
 export const COVERAGE = 0.9;
+/**
+ * What the plan's step rates are shrunk toward (step_cap.ts stepRates), in place of the pooled
+ * rate the step cap uses: a few rounds all accepted would otherwise plan on near-certain drafts
+ * (tiny-llama-ls: 8 rounds at a cap of 1 all accepted, then 17 rounds planned for the other 32
+ * tokens, which took 18, and a third readback for the last round; 19 planned with this prior).
+ */
+export const PLAN_PRIOR = { rate: 0.5, weight: 4 };
 /** How far past the streaming limit a plan that finishes the generation may go. */
 export const FINISH_SLACK = 1.25;
 
@@ -72,16 +85,28 @@ export function roundsToCover(
 
 /** The next command buffer's rounds (see the module comment); at least 1. */
 export function roundsToRecord(o: {
+  /** Wall-clock ms per round so far (undefined before the first). */
+  msPerRound?: number;
   /** Tokens still to generate. */
   remaining: number;
   /** The step rates g_1.. (step_cap.ts stepRates) and the cap the rounds are recorded with. */
   rates: number[];
   cap: number;
+  /**
+   * The longest cap of the rounds logged so far (0 before any). Steps past it are planned as
+   * never drafted: their rates are a guess (step_cap.ts: the pooled rate), and a plan that falls
+   * short pays a readback (tiny-llama-ls: 12 rounds at a first cap of 2, planned at 2.7 tokens
+   * a round from 8 rounds at a cap of 1 all accepted, emitted 26 tokens, and two readbacks of a
+   * few rounds followed).
+   */
+  tried: number;
   /** This command buffer's streaming limit, and the most rounds one may hold (the round log). */
   limit: number;
   maxRounds: number;
 }): number {
-  const most = Math.min(Math.floor(o.limit * FINISH_SLACK), o.maxRounds);
-  const finishing = roundsToCover(roundTokenDistribution(o.rates, o.cap), o.remaining, most);
+  const held = o.msPerRound ? Math.floor(STREAM_HOLD_MS / o.msPerRound) : 0;
+  const most = Math.min(Math.max(Math.floor(o.limit * FINISH_SLACK), held), o.maxRounds);
+  const cap = Math.max(1, Math.min(o.cap, o.tried));
+  const finishing = roundsToCover(roundTokenDistribution(o.rates, cap), o.remaining, most);
   return Math.max(1, finishing ?? Math.min(o.limit, o.maxRounds));
 }

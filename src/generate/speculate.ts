@@ -30,8 +30,17 @@ import {
 } from "../gpu/speculation_ops.ts";
 import { type Model, NO_SKIP, type SkipSet } from "../model/model.ts";
 import { type GenerationStats, initialPresence, prefill } from "./decode.ts";
-import { roundsToRecord } from "./round_batch.ts";
-import { type CappedRound, chooseStepCap, stepRates } from "./step_cap.ts";
+import { PLAN_PRIOR, roundsToRecord } from "./round_batch.ts";
+import {
+  type CappedRound,
+  chooseStepCap,
+  dispatchCost,
+  longestCap,
+  type RoundCost,
+  stepRates,
+  timedCost,
+} from "./step_cap.ts";
+import { roundTimes } from "./timing.ts";
 
 /** Where drafts come from: the target with a skip set, or a separate model. */
 export type DraftSource =
@@ -216,8 +225,14 @@ export async function speculate(
     record(rec);
     return rec.dispatches;
   };
-  // Prefill all but the last prompt token (K/V only): the first round starts from it.
   const start = performance.now();
+  // The step cap's costs: measured GPU time where the device has timestamps (once per pair of
+  // models in a process; before prefill, as the timed forwards write the K/V cache), else
+  // dispatches (step_cap.ts).
+  const times = opts.stepCap === "draft-max"
+    ? undefined
+    : await roundTimes(target, draftModel, draftSkip);
+  // Prefill all but the last prompt token (K/V only): the first round starts from it.
   const head = prompt.slice(0, -1);
   const last = prompt[prompt.length - 1];
   for (const model of separate ? [target, separate] : [target]) {
@@ -259,13 +274,13 @@ export async function speculate(
   // Draft steps recorded per round (the cap; the GPU stops drafting there): a stopped draft's
   // remaining steps still cost their dispatches, so each command buffer records the cap with the
   // most expected tokens per dispatch given the rounds so far (step_cap.ts).
-  const draftStepDispatches = dispatchesOf((rec) => recordDraftStep(rec, 1));
-  const verifyDispatches = dispatchesOf((rec) => recordVerify(rec, draftMax));
+  const roundCost: RoundCost = times ? timedCost(times.draftStepMs, times.verifyMs) : dispatchCost(
+    dispatchesOf((rec) => recordDraftStep(rec, 1)),
+    dispatchesOf((rec) => recordVerify(rec, draftMax)),
+  );
   const capped: CappedRound[] = [];
   const nextCap = () =>
-    opts.stepCap === "draft-max"
-      ? draftMax
-      : chooseStepCap(capped, draftMax, draftStepDispatches, verifyDispatches);
+    opts.stepCap === "draft-max" ? draftMax : chooseStepCap(capped, draftMax, roundCost);
   let stepCap = nextCap();
   // A round's dispatches depend only on its cap (the GPU state does the rest): one tape per cap.
   const roundTapes = new Map<number, Tape>();
@@ -318,9 +333,11 @@ export async function speculate(
   const roundsStart = performance.now();
   while (!finished) {
     const batch = roundsToRecord({
+      msPerRound: rounds.length ? (performance.now() - roundsStart) / rounds.length : undefined,
       remaining: budget - tokens.length,
-      rates: stepRates(capped, draftMax),
+      rates: stepRates(capped, draftMax, PLAN_PRIOR),
       cap: stepCap,
+      tried: longestCap(capped),
       limit: FIRST_ROUNDS_PER_READBACK * 2 ** readbacks,
       maxRounds,
     });

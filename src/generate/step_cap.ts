@@ -14,15 +14,22 @@
  * the logged rounds: of the rounds whose first j - 1 drafts were accepted and whose cap allowed a
  * j-th, the share that drafted and accepted it (a round cut off by its cap says nothing about the
  * steps beyond it). Each g_j is shrunk toward the pooled rate over all j (PRIOR_WEIGHT rounds'
- * worth), which also stands in for steps never tried, so a cap that keeps being filled and
- * accepted is extended one step at a time. Costs are in dispatches, which scale with the
- * sub-layers a step runs. They were chosen when a dispatch's fixed cost dominated lavapipe's
- * steps; with today's kernels it is ~2-3 us of a ~40 us average, so the proxy is rough: it prices a
- * verification alike at every width, where on lavapipe verifying 3 tokens costs ~1.4x verifying 2,
- * and a draft model's step (tiny-draft: a fifth of the target's dispatches) at about half of what it
- * costs. Pricing caps in GPU time measured inside the rounds (timestamps around each round's draft
- * steps and verification) was tried and gained nothing measurable over five interleaved pairs
- * (README, "The latest round").
+ * worth); a step no round could draft counts at UNTRIED_RATE, and the cap goes at most one step
+ * past the longest logged, so a longer cap is tried where even an uninformed guess says it pays,
+ * and extended one step at a time while it keeps being filled and accepted.
+ *
+ * Costs are GPU milliseconds where the device has timestamp queries (`timedCost`): a draft step
+ * and verifications of 2 and 3 tokens, timed back to back once per pair of models in a process
+ * (src/generate/timing.ts roundTimes), wider verifications extrapolated from those two. Without
+ * timestamps they are dispatch counts (`dispatchCost`), which scale with the sub-layers a step runs
+ * but price a verification alike at every width and a small draft model's step by its few
+ * dispatches. On lavapipe that is far off: verifying 3 tokens costs ~1.3x verifying 2, and a
+ * tiny-draft step ~0.45 of a target step with a fifth of its dispatches, so dispatch counts chose a
+ * cap of 4 for `speculate`'s first rounds on tiny-llama (8-12 ms a round against ~4.5 ms at the cap
+ * of 1 it settled on) and of 2 for `self-speculate` on tiny-llama-ls, where 1 decodes faster.
+ * (Pricing caps by timestamps around each round's draft steps and verification inside the loop
+ * was tried in an earlier round: it had to try a longer cap for a whole command buffer to price
+ * it, and gained nothing measurable.)
  *
  * The cap only depends on rounds already finished, never on the round it applies to, so sampled
  * speculation stays lossless whatever it picks.
@@ -40,11 +47,26 @@ export interface CappedRound {
 export const PRIOR_WEIGHT = 2;
 /** The pooled rate before any round was logged. */
 export const INITIAL_RATE = 0.8;
+/**
+ * The rate of a step no logged round could draft: uninformed, as likely accepted as not. The
+ * pooled rate stood in for it before; after rounds that filled a cap of 1, all accepted, it
+ * counted a second draft as near certain, and the next command buffer (tiny-llama-ls: most of a
+ * 48-token generation) ran at a cap of 2 whose rounds emitted 2.2 tokens against 1.9 at a cap of
+ * 1, for 1.4x the time.
+ */
+export const UNTRIED_RATE = 0.5;
 /** Rounds of history the estimate uses (drafting changes as the threshold adapts). */
 export const HISTORY = 64;
 
-/** The conditional rates g_1..g_max estimated from `rounds` (see the module comment). */
-export function stepRates(rounds: CappedRound[], max: number): number[] {
+/**
+ * The conditional rates g_1..g_max estimated from `rounds` (see the module comment); `toward`
+ * shrinks each toward a fixed rate with its own weight instead of toward the pooled rate.
+ */
+export function stepRates(
+  rounds: CappedRound[],
+  max: number,
+  toward?: { rate: number; weight: number },
+): number[] {
   const made = new Array<number>(max + 1).fill(0);
   const tried = new Array<number>(max + 1).fill(0);
   for (const r of rounds.slice(-HISTORY)) {
@@ -59,9 +81,15 @@ export function stepRates(rounds: CappedRound[], max: number): number[] {
   const pooled = (totalMade + PRIOR_WEIGHT * INITIAL_RATE) / (totalTried + PRIOR_WEIGHT);
   const rates = [];
   for (let j = 1; j <= max; j++) {
-    rates.push((made[j] + PRIOR_WEIGHT * pooled) / (tried[j] + PRIOR_WEIGHT));
+    const { rate, weight } = toward ?? { rate: pooled, weight: PRIOR_WEIGHT };
+    rates.push(tried[j] > 0 ? (made[j] + weight * rate) / (tried[j] + weight) : UNTRIED_RATE);
   }
   return rates;
+}
+
+/** The longest cap of the last HISTORY rounds (0 before any). */
+export function longestCap(rounds: CappedRound[]): number {
+  return rounds.slice(-HISTORY).reduce((most, r) => Math.max(most, r.cap), 0);
 }
 
 /** Expected tokens per round for caps 1..max: 1 + sum of P(A_j) up to the cap. */
@@ -77,21 +105,45 @@ export function expectedTokens(rates: number[]): number[] {
   return out;
 }
 
+/** The cost of a round that records `cap` draft steps, in a unit shared by every cap. */
+export type RoundCost = (cap: number) => number;
+
 /**
- * The cap in 1..draftMax with the most expected tokens per dispatch, given the dispatches of one
- * draft step and of the verification (target forward and the verify kernels).
+ * Costs in dispatches: `cap` draft steps and one verification (target forward and the verify
+ * kernels), whatever its width.
  */
-export function chooseStepCap(
-  rounds: CappedRound[],
-  draftMax: number,
-  draftStepDispatches: number,
-  verifyDispatches: number,
-): number {
+export function dispatchCost(draftStepDispatches: number, verifyDispatches: number): RoundCost {
+  return (cap) => cap * draftStepDispatches + verifyDispatches;
+}
+
+/**
+ * Costs in measured time: `cap` draft steps of `draftStepMs` and the verification of cap + 1
+ * tokens, `verifyMs[i]` for i + 2 tokens; wider ones than measured grow by the last measured step
+ * in width (not less than flat).
+ */
+export function timedCost(draftStepMs: number, verifyMs: number[]): RoundCost {
+  if (verifyMs.length === 0) throw new RangeError("timedCost: no verification time");
+  const last = verifyMs.length - 1;
+  const growth = last > 0 ? Math.max(0, verifyMs[last] - verifyMs[last - 1]) : 0;
+  return (cap) =>
+    cap * draftStepMs +
+    (cap - 1 <= last ? verifyMs[cap - 1] : verifyMs[last] + (cap - 1 - last) * growth);
+}
+
+/**
+ * The cap in 1..draftMax with the most expected tokens per unit of `cost`, at most one step past
+ * the longest cap of the recent rounds (1 before any): a step never drafted is estimated at the
+ * pooled rate, which a draft that stops on its own falls well short of (tiny-llama-ls: after 8
+ * rounds at a cap of 1, all accepted, timed costs jumped to a cap of 5, whose rounds emitted 2.4
+ * tokens where the estimate was 5.3), so each further step is tried before it is counted on.
+ */
+export function chooseStepCap(rounds: CappedRound[], draftMax: number, cost: RoundCost): number {
+  const reach = Math.min(draftMax, longestCap(rounds) + 1);
   const tokens = expectedTokens(stepRates(rounds, draftMax));
   let best = 1;
   let bestRate = -Infinity;
-  for (let cap = 1; cap <= draftMax; cap++) {
-    const rate = tokens[cap - 1] / (cap * draftStepDispatches + verifyDispatches);
+  for (let cap = 1; cap <= reach; cap++) {
+    const rate = tokens[cap - 1] / cost(cap);
     if (rate > bestRate) [best, bestRate] = [cap, rate];
   }
   return best;

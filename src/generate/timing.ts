@@ -1,10 +1,10 @@
-/** Timing helpers shared by bench and tune-skip's cost model. */
+/** Timing helpers shared by bench, tune-skip's cost model and speculation's step cap. */
 import { median } from "../bench/stats.ts";
 export { median };
 import { storageBuffer } from "../gpu/buffers.ts";
 import { Recorder } from "../gpu/ops.ts";
 import { GpuTimer } from "../gpu/profile.ts";
-import type { Model, SkipSet } from "../model/model.ts";
+import { type Model, NO_SKIP, type SkipSet } from "../model/model.ts";
 
 const timers = new WeakMap<GPUDevice, GpuTimer | null>();
 
@@ -123,4 +123,50 @@ async function wallClockMs(model: Model, record: (rec: Recorder) => void, times 
 export function passMs(model: Model, record: (rec: Recorder) => void): Promise<number> {
   const timer = timerFor(model);
   return timer ? timer.passMs(record) : wallClockMs(model, record);
+}
+
+/** GPU time of a speculative round's parts (see roundTimes). */
+export interface RoundTimes {
+  /** One draft step: a one-token forward of the draft (the target with its skip set, or a model). */
+  draftStepMs: number;
+  /** Verifying 2, 3 (at most) tokens: the target's forward of that many tokens. */
+  verifyMs: number[];
+}
+
+/** Rounds roundTimes times (after the one that compiles the pipelines). */
+export const ROUND_TIME_ROUNDS = 2;
+
+const measuredRounds = new WeakMap<Model, Map<Model | string, Promise<RoundTimes | undefined>>>();
+
+/**
+ * The GPU time of a draft step and of verifying 2 and 3 tokens (as many as the target verifies at
+ * once), for the step cap (step_cap.ts timedCost); undefined without timestamp queries. Timed back
+ * to back in ROUND_TIME_ROUNDS rounds (forwardTimes; medians), once per target, draft and skip set
+ * in a process. The forwards overwrite the models' state, input and K/V cache at positions 8-10:
+ * call it before prefill. Its first round compiles pipelines the speculation rounds run anyway.
+ */
+export function roundTimes(
+  target: Model,
+  draft: Model,
+  draftSkip: SkipSet,
+): Promise<RoundTimes | undefined> {
+  if (!timerFor(target)) return Promise.resolve(undefined);
+  const widest = Math.min(target.act.maxBatch, target.act.logitRows);
+  const widths = [2, 3].filter((n) => n <= widest);
+  let byDraft = measuredRounds.get(target);
+  if (!byDraft) measuredRounds.set(target, byDraft = new Map());
+  const key = draft === target ? `skip ${JSON.stringify(draftSkip)}` : draft;
+  let times = byDraft.get(key);
+  if (!times) {
+    times = forwardTimes([
+      { model: draft, n: 1, skip: draftSkip },
+      ...widths.map((n) => ({ model: target, n, skip: NO_SKIP })),
+    ], ROUND_TIME_ROUNDS).then((rounds) => ({
+      draftStepMs: median(rounds.map((r) => r[0])),
+      verifyMs: widths.map((_, i) => median(rounds.map((r) => r[1 + i]))),
+    }));
+    times.catch(() => byDraft.delete(key)); // a failure is not kept
+    byDraft.set(key, times);
+  }
+  return times;
 }
