@@ -81,7 +81,7 @@ Deno.test("rounds to record: the finishing plan within the streaming limit's sla
     cap = 1,
     msPerRound?: number,
     tried = cap,
-  ) => roundsToRecord({ remaining, rates, cap, tried, limit, maxRounds, msPerRound });
+  ) => roundsToRecord({ remaining, rates, cap, tried, limit, capacity: maxRounds, msPerRound });
   const cover = (remaining: number, cap = 1) =>
     roundsToCover(roundTokenDistribution(rates, cap), remaining, 1000)!;
   // Finishing within the limit: exactly the covering rounds.

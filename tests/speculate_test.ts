@@ -283,14 +283,16 @@ Deno.test("a stop token inside a draft ends speculation right after it, as in de
 });
 
 Deno.test("command buffers of rounds that wrap around the round log's ring read back whole", async () => {
-  // A log of 12 slots: batches of 8, then up to 12 starting at slot 8, so most batches wrap. A
-  // misread slot fails speculate() itself (each log entry names its round) or the tokens.
+  // A log of 13 slots and up to 12 rounds a command buffer: batches of 8 (slots 0-7), then 12
+  // (slots 8-12 and 0-6), ..., so most batches wrap. A misread slot fails speculate() itself (each
+  // log entry names its round) or the tokens.
   const target = await Model.load(fixture("tiny-llama-ls"));
   const ids = await promptIds("tiny-llama-ls", "ROMEO:\n");
   const plain = await greedyDecode(target, ids, 80);
   const got = await greedySpeculate(target, ids, { kind: "self", skip: SKIP_LS }, {
     maxNewTokens: 80,
     roundsPerReadback: 12,
+    roundLogSlots: 13,
   });
   assert.deepEqual(got.tokens, plain.tokens);
   assert.ok(got.stats.rounds > 20, `${got.stats.rounds} rounds`);

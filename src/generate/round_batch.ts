@@ -16,9 +16,11 @@
  * buffer to `limit` rounds (growing from the first, so text appears soon); a plan that finishes
  * the generation is taken whole, rather than leaving its last rounds a readback of their own, when
  * it is at most a quarter past the limit or runs for at most STREAM_HOLD_MS (decode's bound on
- * text held back) at the speed measured so far. On tiny-llama-ls a first command buffer of 8
+ * text held back) at the speed measured so far, up to the round log's capacity (twice the
+ * streaming limit's cap of 32 in speculate.ts). On tiny-llama-ls a first command buffer of 8
  * rounds at a cap of 1 leaves 32-35 of 48 tokens, planned at 19-24 rounds (three prompts): past
- * the limit's 20, a third readback (~10 ms) would follow for the last rounds.
+ * the limit's 20, a third readback (~10 ms) would follow for the last rounds; the demo's 128 tokens
+ * took 8, 16, 32 and 10 rounds with a round log of 32.
  * Stop tokens only end a generation earlier, into no-op rounds.
  *
  * The plan depends only on finished rounds, so sampled speculation stays lossless.
@@ -102,11 +104,11 @@ export function roundsToRecord(o: {
   tried: number;
   /** This command buffer's streaming limit, and the most rounds one may hold (the round log). */
   limit: number;
-  maxRounds: number;
+  capacity: number;
 }): number {
   const held = o.msPerRound ? Math.floor(STREAM_HOLD_MS / o.msPerRound) : 0;
-  const most = Math.min(Math.max(Math.floor(o.limit * FINISH_SLACK), held), o.maxRounds);
+  const most = Math.min(Math.max(Math.floor(o.limit * FINISH_SLACK), held), o.capacity);
   const cap = Math.max(1, Math.min(o.cap, o.tried));
   const finishing = roundsToCover(roundTokenDistribution(o.rates, cap), o.remaining, most);
-  return Math.max(1, finishing ?? Math.min(o.limit, o.maxRounds));
+  return Math.max(1, finishing ?? Math.min(o.limit, o.capacity));
 }

@@ -63,11 +63,16 @@ export interface SpeculateOptions {
   targetAcceptance?: number;
   /**
    * Draft steps recorded per round: "auto" (default) picks the cap with the most expected tokens
-   * per dispatch from the rounds so far (step_cap.ts); "draft-max" records draft-max every round.
+   * per unit of cost from the rounds so far (step_cap.ts); "draft-max" records draft-max every round.
    */
   stepCap?: "auto" | "draft-max";
-  /** Most rounds per command buffer (and readback); the first ones hold fewer (see above). */
+  /**
+   * Most rounds per command buffer (and readback) while text streams; the first ones hold fewer
+   * (see above), one that finishes the generation up to twice as many (round_batch.ts).
+   */
   roundsPerReadback?: number;
+  /** Slots of the round log's ring; default twice roundsPerReadback (tests: a size batches wrap). */
+  roundLogSlots?: number;
   onTokens?: (ids: number[]) => void;
   shouldStop?: () => boolean;
   /** Test only: replace rejected drafts by a sample of p instead of the residual (wrong). */
@@ -187,7 +192,11 @@ export async function speculate(
   const draftSkip = opts.draft.kind === "self" ? opts.draft.skip : NO_SKIP;
   const budget = Math.min(opts.maxNewTokens, contextLength - prompt.length);
   const maxRounds = opts.roundsPerReadback ?? DEFAULT_ROUNDS_PER_READBACK;
-  const logCapacity = maxRounds;
+  // The round log's ring: room for a finishing command buffer past the streaming limit.
+  const logCapacity = opts.roundLogSlots ?? 2 * maxRounds;
+  if (!Number.isInteger(logCapacity) || logCapacity < maxRounds) {
+    throw new RangeError(`a round log of ${logCapacity} slots holds less than a command buffer`);
+  }
   const gamma0 = opts.draftThreshold ?? defaultDraftThreshold(opts.sampling);
 
   const buffers = allocateSpecBuffers(device, {
@@ -299,7 +308,7 @@ export async function speculate(
   // One command buffer of rounds, its round-log slots read back at its end. Deno's mapAsync
   // waits for the whole queue to drain and then sleeps ~10 ms, so a second command buffer in
   // flight would overlap nothing; instead each one holds enough rounds for the tokens still to
-  // come (round_batch.ts), up to maxRounds.
+  // come (round_batch.ts), up to the round log's capacity.
   const submit = async (count: number): Promise<Uint32Array> => {
     device.queue.writeBuffer(buffers.spec, SPEC.stepCap * 4, new Uint32Array([stepCap]));
     // The first rounds go in a command buffer of their own, so the GPU starts on them while the
@@ -338,8 +347,8 @@ export async function speculate(
       rates: stepRates(capped, draftMax, PLAN_PRIOR),
       cap: stepCap,
       tried: longestCap(capped),
-      limit: FIRST_ROUNDS_PER_READBACK * 2 ** readbacks,
-      maxRounds,
+      limit: Math.min(FIRST_ROUNDS_PER_READBACK * 2 ** readbacks, maxRounds),
+      capacity: logCapacity,
     });
     const first = rounds.length;
     const log = await submit(batch);
