@@ -96,10 +96,10 @@ export function roundsToRecord(o: {
   cap: number;
   /**
    * The longest cap of the rounds logged so far (0 before any). Steps past it are planned as
-   * never drafted: their rates are a guess (step_cap.ts: the pooled rate), and a plan that falls
-   * short pays a readback (tiny-llama-ls: 12 rounds at a first cap of 2, planned at 2.7 tokens
-   * a round from 8 rounds at a cap of 1 all accepted, emitted 26 tokens, and two readbacks of a
-   * few rounds followed).
+   * never drafted: their rates are a guess (step_cap.ts UNTRIED_RATE), and a plan that falls short
+   * pays a readback (tiny-llama-ls, when the pooled rate stood in for them: 12 rounds at a first
+   * cap of 2, planned at 2.7 tokens a round from 8 rounds at a cap of 1 all accepted, emitted 26
+   * tokens, and two readbacks of a few rounds followed).
    */
   tried: number;
   /** This command buffer's streaming limit, and the most rounds one may hold (the round log). */

@@ -282,7 +282,7 @@ export async function speculate(
   let readbacks = 0;
   // Draft steps recorded per round (the cap; the GPU stops drafting there): a stopped draft's
   // remaining steps still cost their dispatches, so each command buffer records the cap with the
-  // most expected tokens per dispatch given the rounds so far (step_cap.ts).
+  // most expected tokens per unit of cost given the rounds so far (step_cap.ts).
   const roundCost: RoundCost = times ? timedCost(times.draftStepMs, times.verifyMs) : dispatchCost(
     dispatchesOf((rec) => recordDraftStep(rec, 1)),
     dispatchesOf((rec) => recordVerify(rec, draftMax)),
