@@ -79,9 +79,9 @@ export function stepRates(
   const totalMade = made.reduce((s, v) => s + v, 0);
   const totalTried = tried.reduce((s, v) => s + v, 0);
   const pooled = (totalMade + PRIOR_WEIGHT * INITIAL_RATE) / (totalTried + PRIOR_WEIGHT);
+  const { rate, weight } = toward ?? { rate: pooled, weight: PRIOR_WEIGHT };
   const rates = [];
   for (let j = 1; j <= max; j++) {
-    const { rate, weight } = toward ?? { rate: pooled, weight: PRIOR_WEIGHT };
     rates.push(tried[j] > 0 ? (made[j] + weight * rate) / (tried[j] + weight) : UNTRIED_RATE);
   }
   return rates;
@@ -132,10 +132,11 @@ export function timedCost(draftStepMs: number, verifyMs: number[]): RoundCost {
 
 /**
  * The cap in 1..draftMax with the most expected tokens per unit of `cost`, at most one step past
- * the longest cap of the recent rounds (1 before any): a step never drafted is estimated at the
- * pooled rate, which a draft that stops on its own falls well short of (tiny-llama-ls: after 8
- * rounds at a cap of 1, all accepted, timed costs jumped to a cap of 5, whose rounds emitted 2.4
- * tokens where the estimate was 5.3), so each further step is tried before it is counted on.
+ * the longest cap of the recent rounds (1 before any): a step never drafted has no rate of its
+ * own, only a guess, and a draft that stops on its own can fall well short of one (tiny-llama-ls:
+ * after 8 rounds at a cap of 1, all accepted, timed costs with the pooled rate as that guess jumped
+ * to a cap of 5, whose rounds emitted 2.4 tokens where the estimate was 5.3), so each further step
+ * is tried before it is counted on.
  */
 export function chooseStepCap(rounds: CappedRound[], draftMax: number, cost: RoundCost): number {
   const reach = Math.min(draftMax, longestCap(rounds) + 1);

@@ -69,18 +69,8 @@ export class GpuTimer {
 
   /** Milliseconds of GPU time of one compute pass holding what `record` records. */
   async passMs(record: (rec: Recorder) => void): Promise<number> {
-    const encoder = this.device.createCommandEncoder();
-    const rec = new Recorder(encoder.beginComputePass({
-      timestampWrites: {
-        querySet: this.#querySet,
-        beginningOfPassWriteIndex: 0,
-        endOfPassWriteIndex: 1,
-      },
-    }));
-    record(rec);
-    rec.pass.end();
-    const [start, end] = await this.#readTimestamps(encoder, 2);
-    return Number(end - start) / 1e6;
+    const [ms] = await this.passesMs([{ record }]);
+    return ms;
   }
 
   /**
