@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
+import { type CostModel, draftCostRatio, subLayerCosts } from "../src/tune/objective.ts";
 import { assertOneLineError, errorLines, FIXTURE, skipspec, spawnSkipspec } from "./helpers/cli.ts";
 
 const PROMPTS = "ROMEO:\nJULIET:\\nO Romeo, Romeo!\n";
@@ -45,8 +46,14 @@ function shared() {
     }
     assert.match(r.stderr, /^adapter: /m);
     assert.match(r.stderr, /^timings: search \(1 trial, \d+ ms each\)/m);
+    // The measured cost model: a base every draft step pays (embedding, head), and sub-layers
+    // that add up to the rest of the step.
+    const cost: CostModel = JSON.parse(r.stdout).costModel;
+    assert.ok(cost.baseMs > 0 && cost.baseMs < cost.stepMs, JSON.stringify(cost));
+    const layers = 12;
+    assert.ok(Math.abs(draftCostRatio(cost, { attn: [], mlp: [] }, layers) - 1) < 1e-9);
     const costModel = join(dir, "cost_model.json");
-    await Deno.writeTextFile(costModel, JSON.stringify(JSON.parse(r.stdout).costModel));
+    await Deno.writeTextFile(costModel, JSON.stringify(cost));
     return { dir, prompts, costModel };
   })();
   return setup;
@@ -76,6 +83,28 @@ async function tune(method: string, trials: number) {
   assert.equal(r.code, 0, r.stderr);
   return { out, result: JSON.parse(r.stdout), log: await readLog(join(out, "trials.jsonl")) };
 }
+
+Deno.test("the cost model splits step - base over the sub-layers in proportion to their savings", () => {
+  // Removing all attention saves 1.2 ms and all MLP 1.8 ms of a 3.2 ms step, but removing both
+  // leaves 0.5 ms, not 0.2: the savings are scaled by 2.7 / 3.0.
+  const c = subLayerCosts({ stepMs: 3.2, noAttnMs: 2, noMlpMs: 1.4, noLayersMs: 0.5 }, 12);
+  assert.equal(c.stepMs, 3.2);
+  assert.equal(c.baseMs, 0.5);
+  assert.ok(Math.abs(c.attnMs - (1.2 * 0.9) / 12) < 1e-12, String(c.attnMs));
+  assert.ok(Math.abs(c.mlpMs - (1.8 * 0.9) / 12) < 1e-12, String(c.mlpMs));
+  const cost = { ...c, verifyRatio: [0, 1] };
+  const all = [...Array(12).keys()];
+  assert.ok(Math.abs(draftCostRatio(cost, { attn: all, mlp: all }, 12) - 0.5 / 3.2) < 1e-12);
+  assert.ok(Math.abs(draftCostRatio(cost, { attn: [], mlp: [] }, 12) - 1) < 1e-12);
+  // Half the attention and none of the MLP: base + 6 attention sub-layers.
+  const half = draftCostRatio(cost, { attn: all.slice(6), mlp: [] }, 12);
+  assert.ok(Math.abs(half - (3.2 - 0.6 * 0.9) / 3.2) < 1e-12, String(half));
+  // Noise: a base timed above the step is the step; savings too small to see split evenly.
+  const flat = subLayerCosts({ stepMs: 1, noAttnMs: 1.1, noMlpMs: 1, noLayersMs: 1.2 }, 4);
+  assert.deepEqual(flat, { stepMs: 1, attnMs: 0, mlpMs: 0, baseMs: 1 });
+  const even = subLayerCosts({ stepMs: 2, noAttnMs: 2.1, noMlpMs: 2, noLayersMs: 1 }, 4);
+  assert.deepEqual(even, { stepMs: 2, attnMs: 0.125, mlpMs: 0.125, baseMs: 1 });
+});
 
 async function readLog(path: string) {
   const lines = (await Deno.readTextFile(path)).trim().split("\n").map((l) => JSON.parse(l));
