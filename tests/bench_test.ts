@@ -15,11 +15,12 @@ import { lavapipeThreads, openGpu, THREADED_MATRIX_BYTES } from "../src/gpu/devi
 import { matmulOp, STATE_BYTES } from "../src/gpu/ops.ts";
 import { GpuTimer } from "../src/gpu/profile.ts";
 import { Pipelines } from "../src/gpu/shader.ts";
-import { type BenchReport, validateReport } from "../src/bench/report.ts";
+import { type BenchReport, REPORT_SCHEMA, validateReport } from "../src/bench/report.ts";
 import { histogram, median, pairedRatios, summarize } from "../src/bench/stats.ts";
 import { syntheticConfig, syntheticSource, syntheticTensors } from "../src/model/synthetic.ts";
 import { loadSafetensorsIndex } from "../src/model/safetensors.ts";
 import { createMatrix, meanMatrixBytes, parameterCount } from "../src/model/weights.ts";
+import { roundSpeedup, speedupIfAllAccepted } from "../src/tune/objective.ts";
 import { assertOneLineError, FIXTURE, skipspec } from "./helpers/cli.ts";
 
 Deno.test("summaries: min, median (odd and even counts), max, runs kept in order", () => {
@@ -271,9 +272,13 @@ Deno.test("bench on a fixture: every mode, a valid report, a plot, a table", asy
   );
   assert.equal(byMode.speculate.draft, "tiny-draft");
   assert.match(byMode["self-speculate"].draft!, /^skip \d+\/24$/);
+  for (const mode of ["prefill", "decode"]) {
+    assert.equal(byMode[mode].allAcceptedSpeedup, null);
+  }
   for (const mode of ["speculate", "self-speculate"]) {
     const f = byMode[mode];
     assert.ok(f.meaningful);
+    assert.ok(f.allAcceptedSpeedup! > 0 && f.predictedSpeedup! > 0);
     const rounds = f.tokensPerRoundHistogram!.reduce((a, b) => a + b.count, 0);
     const emitted = f.tokensPerRoundHistogram!.reduce((a, b) => a + b.value * b.count, 0);
     assert.ok(
@@ -330,13 +335,36 @@ Deno.test("bench --synthetic: a trimmed real shape, speculation marked as meanin
   assert.ok(decode.meaningful);
   assert.equal(self.mode, "self-speculate");
   assert.equal(self.meaningful, false);
+  // What speculation could gain with every draft accepted does not depend on the weights.
+  assert.ok(self.allAcceptedSpeedup! > 0);
+  assert.match(stdout, /if all accepted/);
   assert.match(stdout, /untrained synthetic weights/);
+});
+
+Deno.test("speed-up of rounds from their costs, and with every draft accepted at the best cap", () => {
+  // 1.88 tokens for 0.98 draft steps at 0.55 of a step each, verifying 2 tokens at 1.37 steps.
+  const lavapipe = [0, 1, 1.37, 1.79, 2.88];
+  assert.ok(
+    Math.abs(roundSpeedup(1.88, 0.98, 0.55, lavapipe) - 1.88 / (0.98 * 0.55 + 1.37)) < 1e-12,
+  );
+  // 2.6 draft steps verify 4 tokens.
+  assert.ok(Math.abs(roundSpeedup(3, 2.6, 0.5, lavapipe) - 3 / (2.6 * 0.5 + 2.88)) < 1e-12);
+  // Every draft accepted: k = 1 gives 2 / 1.92, k = 2 3 / 2.89, k = 3 4 / 4.53.
+  const cpu = speedupIfAllAccepted(0.55, lavapipe);
+  assert.equal(cpu.draftSteps, 1);
+  assert.ok(Math.abs(cpu.speedup - 2 / 1.92) < 1e-12);
+  // Verification as cheap at any width as one step (a memory-bound GPU): the longest cap pays.
+  const flat = speedupIfAllAccepted(0.5, [0, 1, 1, 1, 1]);
+  assert.deepEqual(flat, { speedup: 4 / 2.5, draftSteps: 3 });
+  // A draft dearer than verification: no cap pays, and the best still says by how much.
+  const dear = speedupIfAllAccepted(2, [0, 1, 1.1, 1.2]);
+  assert.deepEqual(dear, { speedup: 2 / 3.1, draftSteps: 1 });
 });
 
 Deno.test("report validation rejects broken figures", () => {
   const summary = (v: number) => ({ min: v, median: v, max: v, runs: [v] });
   const valid = (): BenchReport => ({
-    schema: "skipspec-bench/3",
+    schema: REPORT_SCHEMA,
     date: new Date(0).toISOString(),
     machine: {
       deno: "2.9.6",
@@ -382,6 +410,7 @@ Deno.test("report validation rejects broken figures", () => {
         tokensPerRoundHistogram: [{ value: 2, count: 4 }],
         predictedSpeedup: 1,
         idealSpeedup: 1.2,
+        allAcceptedSpeedup: 1.1,
       }],
     }],
   });
@@ -396,6 +425,7 @@ Deno.test("report validation rejects broken figures", () => {
     ["mode", (r) => ((r.models[0].modes[0] as { mode: string }).mode = "fast")],
     ["missing machine", (r) => delete (r as Partial<BenchReport>).machine],
     ["negative", (r) => (r.models[0].modes[0].dispatchesPerToken = -1)],
+    ["no all-accepted speed-up", (r) => (r.models[0].modes[0].allAcceptedSpeedup = 0)],
     [
       "weight reads without memcpy",
       (r) => (r.weightRead = { bytes: 16, gbPerSecond: summary(3) }),

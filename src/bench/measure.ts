@@ -6,13 +6,19 @@
  * and a per-kernel table of one decode step from timestamp queries.
  */
 import { decode, type GenerationStats, initialPresence } from "../generate/decode.ts";
-import { type DraftSource, speculate, type SpeculationResult } from "../generate/speculate.ts";
+import {
+  DEFAULT_DRAFT_MAX,
+  type DraftSource,
+  speculate,
+  type SpeculationResult,
+} from "../generate/speculate.ts";
 import { forwardTimes, passMs, timerFor } from "../generate/timing.ts";
 import { storageBuffer } from "../gpu/buffers.ts";
 import { GREEDY, type Recorder, sampleOp } from "../gpu/ops.ts";
 import type { KernelTime } from "../gpu/profile.ts";
 import { type Model, NO_SKIP, type SkipSet } from "../model/model.ts";
 import { skipCount } from "../model/skip.ts";
+import { roundSpeedup, speedupIfAllAccepted } from "../tune/objective.ts";
 import type { KernelRow, Mode, ModeFigures, ModelFigures } from "./report.ts";
 import { histogram, median, pairedRatios, summarize } from "./stats.ts";
 
@@ -202,44 +208,55 @@ function generationFigures(
     tokensPerRoundHistogram: speculative ? histogram(runs.flatMap((s) => s.emittedPerRound)) : null,
     predictedSpeedup: null,
     idealSpeedup: null,
+    allAcceptedSpeedup: null,
   };
 }
 
 /**
- * Two predictions from the measured acceptance: `predicted` from this engine's measured forward
- * costs (draft step, verification of k + 1 tokens, plain step), `ideal` for an engine where
- * verifying k + 1 tokens costs one step and a draft step the share of sub-layers it keeps (or
- * the draft model's measured cost). measured / predicted shows what the loop itself costs.
- * The three forwards are timed back to back in each of PREDICTION_ROUNDS_PER_REPEAT x `repeats`
- * rounds (forwardTimes: one command buffer) and each round gives a prediction (the median is
- * reported), so a machine whose speed drifts, as shared VMs do, moves all three together instead
- * of skewing their ratio.
+ * Three predictions from the measured costs: `predicted` from the measured acceptance and this
+ * engine's measured forwards (draft step, verification of k + 1 tokens, plain step), `ideal` for
+ * an engine where verifying k + 1 tokens costs one step and a draft step the share of sub-layers it
+ * keeps (or the draft model's measured cost), and `allAccepted`, this engine's speed-up if every
+ * draft were accepted, at its best draft steps a round (verifications of 2..DEFAULT_DRAFT_MAX + 1
+ * tokens timed): what speculation can gain on this device at most, whatever the acceptance, so it
+ * holds on synthetic weights too. measured / predicted shows what the loop itself costs.
+ * The forwards are timed back to back in each of PREDICTION_ROUNDS_PER_REPEAT x `repeats` rounds
+ * (forwardTimes: one command buffer) and each round gives a prediction (the median is reported),
+ * so a machine whose speed drifts, as shared VMs do, moves them all together instead of skewing
+ * their ratios.
  */
 async function predictions(
   t: BenchTarget,
   draft: DraftSource,
   f: ModeFigures,
   repeats: number,
-): Promise<Pick<ModeFigures, "predictedSpeedup" | "idealSpeedup">> {
+): Promise<Pick<ModeFigures, "predictedSpeedup" | "idealSpeedup" | "allAcceptedSpeedup">> {
   const tokensPerRound = f.tokensPerRound!.median;
   const draftSteps = f.draftStepsPerRound!.median;
-  const k = Math.max(1, Math.round(draftSteps));
+  const widths = Array.from({ length: DEFAULT_DRAFT_MAX }, (_, i) => i + 2);
   const times = await forwardTimes([
     { model: t.model, n: 1, skip: NO_SKIP },
     draft.kind === "self"
       ? { model: t.model, n: 1, skip: draft.skip }
       : { model: draft.model, n: 1, skip: NO_SKIP },
-    { model: t.model, n: k + 1, skip: NO_SKIP },
+    ...widths.map((n) => ({ model: t.model, n, skip: NO_SKIP })),
   ], PREDICTION_ROUNDS_PER_REPEAT * repeats);
-  const predicted = times.map(([stepMs, draftMs, verifyMs]) =>
-    (tokensPerRound * stepMs) / (draftSteps * draftMs + verifyMs)
-  );
+  // Per round: a draft step and verifications of n = 1.. tokens, in plain steps.
+  const rounds = times.map(([stepMs, draftMs, ...verifyMs]) => ({
+    draftRatio: draftMs / stepMs,
+    verifyRatio: [0, 1, ...verifyMs.map((ms) => ms / stepMs)],
+  }));
   const keptShare = draft.kind === "self"
     ? 1 - skipCount(draft.skip) / (2 * t.model.cfg.numLayers)
-    : median(times.map(([stepMs, draftMs]) => draftMs / stepMs));
+    : median(rounds.map((r) => r.draftRatio));
   return {
-    predictedSpeedup: median(predicted),
+    predictedSpeedup: median(
+      rounds.map((r) => roundSpeedup(tokensPerRound, draftSteps, r.draftRatio, r.verifyRatio)),
+    ),
     idealSpeedup: tokensPerRound / (1 + draftSteps * keptShare),
+    allAcceptedSpeedup: median(
+      rounds.map((r) => speedupIfAllAccepted(r.draftRatio, r.verifyRatio).speedup),
+    ),
   };
 }
 
@@ -284,6 +301,7 @@ async function benchPrefill(t: BenchTarget, o: BenchOptions): Promise<ModeFigure
     tokensPerRoundHistogram: null,
     predictedSpeedup: null,
     idealSpeedup: null,
+    allAcceptedSpeedup: null,
   };
 }
 

@@ -1,10 +1,10 @@
 /**
- * The figures `bench` measures, as written by `--json FILE` (schema "skipspec-bench/3"), and a
+ * The figures `bench` measures, as written by `--json FILE` (schema "skipspec-bench/4"), and a
  * validator that checks a report's structure and the invariants every figure must hold.
  */
 import type { Summary } from "./stats.ts";
 
-export const REPORT_SCHEMA = "skipspec-bench/3";
+export const REPORT_SCHEMA = "skipspec-bench/4";
 
 /** A rate to compare decode's weight reads with: bytes moved per pass, GB/s. */
 export interface Ceiling {
@@ -62,6 +62,11 @@ export interface ModeFigures {
   predictedSpeedup: number | null;
   /** Speed-up of an engine where verifying k + 1 tokens costs one step. */
   idealSpeedup: number | null;
+  /**
+   * This engine's speed-up if every draft were accepted, at its best draft steps a round, from
+   * the measured forward costs: the most speculation can gain on this device.
+   */
+  allAcceptedSpeedup: number | null;
 }
 
 export interface KernelRow {
@@ -205,7 +210,7 @@ function validateMode(value: unknown, path: string) {
   if (m.weightBytesPerToken !== null) {
     positive(m.weightBytesPerToken, `${path}.weightBytesPerToken`);
   }
-  for (const k of ["predictedSpeedup", "idealSpeedup"]) {
+  for (const k of ["predictedSpeedup", "idealSpeedup", "allAcceptedSpeedup"]) {
     if (m[k] !== null) positive(m[k], `${path}.${k}`);
   }
 }

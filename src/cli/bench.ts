@@ -317,6 +317,7 @@ export function formatReport(r: BenchReport): string {
         "drafts (recorded)/round",
         "predicted",
         "ideal",
+        "if all accepted",
       ],
       model.modes.map((f) =>
         modeRow(f, r.memcpy?.gbPerSecond.median, r.weightRead?.gbPerSecond.median)
@@ -380,6 +381,7 @@ function modeRow(f: ModeFigures, memcpyGBps?: number, readsGBps?: number): strin
       : `${fixed(f.draftStepsPerRound)} (${fixed(f.recordedDraftStepsPerRound)})`,
     f.predictedSpeedup === null ? "-" : `${f.predictedSpeedup.toFixed(2)}x`,
     f.idealSpeedup === null ? "-" : `${f.idealSpeedup.toFixed(2)}x`,
+    f.allAcceptedSpeedup === null ? "-" : `${f.allAcceptedSpeedup.toFixed(2)}x`,
   ];
 }
 

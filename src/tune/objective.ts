@@ -153,6 +153,23 @@ export function roundSpeedup(
   return tokensPerRound / (draftSteps * draftRatio + verifyRatio[k + 1]);
 }
 
+/**
+ * The speed-up if every draft were accepted, at the best number of draft steps a round the costs
+ * cover (1..verifyRatio.length - 2): the most speculation can gain on this device with this draft,
+ * whatever its acceptance.
+ */
+export function speedupIfAllAccepted(
+  draftRatio: number,
+  verifyRatio: number[],
+): { speedup: number; draftSteps: number } {
+  let best = { speedup: 0, draftSteps: 0 };
+  for (let k = 1; k + 1 < verifyRatio.length; k++) {
+    const speedup = roundSpeedup(k + 1, k, draftRatio, verifyRatio);
+    if (speedup > best.speedup) best = { speedup, draftSteps: k };
+  }
+  return best;
+}
+
 /** Plain greedy decoding's tok/s over the calibration prompts (median of `repeats`). */
 export async function decodeTokensPerSecond(
   model: Model,
