@@ -51,9 +51,10 @@ export interface TimedForward {
 /**
  * Milliseconds of each of `forwards`, `rounds` times over: times[round][forward]. With timestamp
  * queries every forward of every round is a timed pass of one command buffer (after a first round
- * that compiles the pipelines, untimed; rounds past GpuTimer.MAX_PASSES passes go in further
- * command buffers), so the forwards of a round run back to back and a machine
- * whose speed drifts, as shared VMs do (1.5-2x within minutes here), moves them together: ratios
+ * that compiles the pipelines, untimed; each round led by an untimed repeat of its first forward;
+ * rounds past GpuTimer.MAX_PASSES passes go in further command buffers), so the forwards of a
+ * round run back to back and a machine whose speed drifts, as shared VMs do (1.5-2x within
+ * minutes here), moves them together: ratios
  * of one round are sound where forwards timed apart (forwardMs) read fwd(8)/fwd(1) anywhere from
  * 1.5 to 7.6 in one bench run. Each forward runs at position 8 over the model's own input ids; a
  * copy before its pass sets the model's state ({pos, n}). Without timestamps: forwardMs per forward.
@@ -87,15 +88,20 @@ export async function forwardTimes(forwards: TimedForward[], rounds: number): Pr
       record: (rec: Recorder) => rec.play(tape),
     };
   });
+  // Each round runs its first forward twice and keeps the second time: on lavapipe a 1-token
+  // forward right after a 9-token one ran 3-11% slower than one after a 1-token forward (tiny-llama
+  // -ls, medians of 9 rounds), which had priced the bench's plain step high and every ratio to it
+  // low. The repeat settles what the previous round's last forward left in the caches.
+  const round = [passes[0], ...passes];
   try {
     // Command buffers of up to GpuTimer.MAX_PASSES passes, each led by an untimed round.
-    const perBuffer = Math.max(1, Math.floor(GpuTimer.MAX_PASSES / passes.length) - 1);
+    const perBuffer = Math.max(1, Math.floor(GpuTimer.MAX_PASSES / round.length) - 1);
     const times: number[][] = [];
     while (times.length < rounds) {
       const count = Math.min(perBuffer, rounds - times.length);
-      const ms = await timer.passesMs(Array.from({ length: count + 1 }, () => passes).flat());
+      const ms = await timer.passesMs(Array.from({ length: count + 1 }, () => round).flat());
       for (let r = 1; r <= count; r++) {
-        times.push(ms.slice(r * passes.length, (r + 1) * passes.length));
+        times.push(ms.slice(r * round.length + 1, (r + 1) * round.length));
       }
     }
     return times;
