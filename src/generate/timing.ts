@@ -19,26 +19,16 @@ export function timerFor(model: Model): GpuTimer | undefined {
 }
 
 /**
- * Milliseconds of one forward of `n` tokens, median of `repeats`: GPU time from timestamp queries
- * where the device has them; else the difference between a submission of 24 forwards and one of 4,
- * over 20, so the fixed cost of a submission and of waiting for it (Deno sleeps ~10 ms in
- * onSubmittedWorkDone) cancels out.
+ * Wall-clock milliseconds of one forward of `n` tokens, for devices without timestamp queries:
+ * the difference between a submission of 24 forwards and one of 4, over 20, so the fixed cost of
+ * a submission and of waiting for it (Deno sleeps ~10 ms in onSubmittedWorkDone) cancels out.
  */
-export async function forwardMs(model: Model, n: number, skip: SkipSet, repeats: number) {
+async function wallClockForwardMs(model: Model, n: number, skip: SkipSet) {
   model.writeInput(Array.from({ length: n }, (_, i) => i + 1), 8);
-  const timer = timerFor(model);
   const record = (rec: Recorder) => model.recordForward(rec, n, skip, "all");
-  if (timer) {
-    await timer.passMs(record); // compiles the pipelines
-    const times = [];
-    for (let i = 0; i < repeats; i++) times.push(await timer.passMs(record));
-    return Math.max(1e-3, median(times));
-  }
   const timed = (forwards: number) => wallClockMs(model, record, forwards);
   await timed(4);
-  const times = [];
-  for (let i = 0; i < repeats; i++) times.push(((await timed(24)) - (await timed(4))) / 20);
-  return Math.max(1e-3, median(times));
+  return Math.max(1e-3, ((await timed(24)) - (await timed(4))) / 20);
 }
 
 /** A forward to time: `n` tokens through `model` with `skip`. */
@@ -54,11 +44,10 @@ export interface TimedForward {
  * that compiles the pipelines, untimed; each round led by an untimed repeat of its first forward;
  * rounds past GpuTimer.MAX_PASSES passes go in further command buffers), so the forwards of a
  * round run back to back and a machine whose speed drifts, as shared VMs do (1.5-2x within
- * minutes here), moves them together: ratios
- * of one round are sound where forwards timed apart (forwardMs) read fwd(8)/fwd(1) anywhere from
- * 1.5 to 7.6 in one bench run. Each forward runs at position 8 over the model's own input ids; a
- * copy before its pass sets the model's state ({pos, n}). Without timestamps: forwardMs per forward.
- * The models share one device.
+ * minutes here), moves them together: ratios of one round are sound where forwards timed apart
+ * read fwd(8)/fwd(1) anywhere from 1.5 to 7.6 in one bench run. Each forward runs at position 8
+ * over the model's own input ids; a copy before its pass sets the model's state ({pos, n}).
+ * Without timestamps: wallClockForwardMs per forward. The models share one device.
  */
 export async function forwardTimes(forwards: TimedForward[], rounds: number): Promise<number[][]> {
   const model = forwards[0].model;
@@ -67,7 +56,7 @@ export async function forwardTimes(forwards: TimedForward[], rounds: number): Pr
     const times = [];
     for (let r = 0; r < rounds; r++) {
       const row = [];
-      for (const f of forwards) row.push(await forwardMs(f.model, f.n, f.skip, 1));
+      for (const f of forwards) row.push(await wallClockForwardMs(f.model, f.n, f.skip));
       times.push(row);
     }
     return times;
@@ -89,9 +78,9 @@ export async function forwardTimes(forwards: TimedForward[], rounds: number): Pr
     };
   });
   // Each round runs its first forward twice and keeps the second time: on lavapipe a 1-token
-  // forward right after a 9-token one ran 3-11% slower than one after a 1-token forward (tiny-llama
-  // -ls, medians of 9 rounds), which had priced the bench's plain step high and every ratio to it
-  // low. The repeat settles what the previous round's last forward left in the caches.
+  // forward right after a 9-token one ran 3-11% slower than one after a 1-token forward
+  // (tiny-llama-ls, medians of 9 rounds), which had priced the bench's plain step high and every
+  // ratio to it low. The repeat settles what the previous round's last forward left in the caches.
   const round = [passes[0], ...passes];
   try {
     // Command buffers of up to GpuTimer.MAX_PASSES passes, each led by an untimed round.

@@ -80,8 +80,8 @@ export class GpuTimer {
   async passesMs(
     passes: { before?: (encoder: GPUCommandEncoder) => void; record: (rec: Recorder) => void }[],
   ): Promise<number[]> {
-    if (2 * passes.length > MAX_QUERIES) {
-      throw new RangeError(`more than ${MAX_QUERIES / 2} passes`);
+    if (passes.length > GpuTimer.MAX_PASSES) {
+      throw new RangeError(`more than ${GpuTimer.MAX_PASSES} passes`);
     }
     const encoder = this.device.createCommandEncoder();
     passes.forEach((p, i) => {
